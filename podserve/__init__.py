@@ -1,0 +1,1 @@
+"""podserve: LLM inference engine and performance simulator."""
