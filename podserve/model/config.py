@@ -77,6 +77,6 @@ class LlamaConfig:
         return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
 
     @property
-    def kv_bytes_per_token(self) -> int:
-        """K+V elements per token across all layers (multiply by dtype size for bytes)."""
+    def kv_elements_per_token(self) -> int:
+        """K+V elements per token across all layers (times the dtype size gives bytes)."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim

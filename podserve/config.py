@@ -1,0 +1,68 @@
+"""Engine configuration: frozen dataclasses, one per concern, gathered in EngineConfig."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batching policy and its limits."""
+
+    policy: str = "sarathi"
+    """Scheduling policy name (see ``podserve.core.scheduler.SCHEDULERS``)."""
+    chunk_size: int = 512
+    """Sarathi token budget per iteration (decodes count one token each)."""
+    max_num_seqs: int = 128
+    """Most requests running at once."""
+    max_num_batched_tokens: int | None = None
+    """Token cap for policies that batch whole prompts (vllm, orca, ...); None = max_model_len."""
+    max_model_len: int = 2048
+    """Longest prompt plus generation a request may reach."""
+    decode_maximal: bool = False
+    """Original Sarathi: at most one prefill chunk per iteration."""
+
+    def __post_init__(self):
+        for name in ("chunk_size", "max_num_seqs", "max_model_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SchedulerConfig.{name}={value!r} is invalid: expected an integer >= 1")
+
+    @property
+    def token_cap(self) -> int:
+        return self.max_num_batched_tokens or max(self.max_model_len, self.chunk_size)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """KV cache geometry and memory budget."""
+
+    block_size: int = 16
+    """Tokens per paged KV block."""
+    kv_cache_memory: int | None = None
+    """Bytes for the KV pool; None = a fraction of free device memory (CPU: 1 GiB)."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory the engine may use in total when kv_cache_memory is None."""
+    watermark: float = 0.01
+    """Fraction of blocks kept free when admitting new requests."""
+    num_blocks: int | None = None
+    """Force a block count (tests, simulator); overrides the memory budget."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build an Engine."""
+
+    model: str | None = None
+    """HF directory, .gguf file, preset name, or None for the default SmolLM2."""
+    device: str = "cpu"
+    """torch device: "cpu" or "cuda[:N]"."""
+    dtype: str = "auto"
+    """"float32", "bfloat16", "float16", or "auto" (float32 on CPU, bfloat16 on CUDA)."""
+    attention: str = "torch"
+    """Attention backend: torch (reference), triton, pod."""
+    seed: int = 0
+    """Seed for random-weight presets and unseeded sampling."""
+    max_model_len: int | None = None
+    """Context cap; None = the model's own (clipped to 8192 on CPU)."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)

@@ -1,0 +1,1 @@
+"""Policy: scheduling and KV accounting over request state. Never imports torch."""

@@ -1,0 +1,83 @@
+"""The contract between policy and mechanism: what runs in one iteration, and its answer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from podserve.request import SamplingParams
+
+
+@dataclass
+class ScheduledSeq:
+    """One request's share of an iteration: a decode token or a prefill chunk."""
+
+    request_id: str
+    token_ids: list[int]
+    """Input tokens fed this iteration (1 for a decode, the chunk for a prefill)."""
+    start_pos: int
+    """Position of the first input token (= tokens already in the KV cache)."""
+    is_prefill: bool
+    """Part of a (possibly chunked, possibly recomputed) prefill rather than a decode."""
+    do_sample: bool
+    """This chunk reaches the end of the known tokens, so a new token is sampled."""
+    block_table: list[int]
+    """Physical KV blocks of the request (paged) or its single slot (virtual)."""
+    sampling_params: SamplingParams
+    num_output_tokens: int
+    """Tokens generated so far: with the seed, it fixes the sampler's random stream."""
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def context_len(self) -> int:
+        """Context length once this iteration's tokens are in the cache."""
+        return self.start_pos + len(self.token_ids)
+
+
+@dataclass
+class ScheduledBatch:
+    """Everything one iteration computes. Decodes come first, then prefill chunks."""
+
+    iteration: int
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    num_decodes: int = 0
+    preempted_ids: list[str] = field(default_factory=list)
+    """Requests pushed back to the waiting queue while building this batch."""
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def num_prefills(self) -> int:
+        return len(self.seqs) - self.num_decodes
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.num_decodes
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.seqs[self.num_decodes:])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_decodes + self.num_prefill_tokens
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+    def describe(self) -> str:
+        return f"iter {self.iteration}: {self.num_decodes} decodes, {self.num_prefills} prefills ({self.num_prefill_tokens} tokens)"
+
+
+@dataclass
+class ExecutorOutput:
+    """The answer to a ScheduledBatch: one sampled token per sequence with ``do_sample``."""
+
+    sampled_token_ids: list[int | None]
+    """Aligned with ``ScheduledBatch.seqs``; None where the sequence did not sample."""
+    duration: float = 0.0
+    """Seconds the iteration took (measured by the engine, predicted by the simulator)."""

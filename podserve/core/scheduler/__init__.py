@@ -1,0 +1,23 @@
+"""Scheduling policies, all driven by the engine and the simulator alike."""
+from __future__ import annotations
+
+from podserve.config import SchedulerConfig
+from podserve.core.kv.paged import BlockManager
+from podserve.core.scheduler.base import RequestUpdate, Scheduler
+from podserve.core.scheduler.sarathi import SarathiScheduler
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    SarathiScheduler.name: SarathiScheduler,
+}
+
+
+def make_scheduler(config: SchedulerConfig, kv: BlockManager) -> Scheduler:
+    """Instantiate the policy named by ``config.policy``."""
+    try:
+        cls = SCHEDULERS[config.policy]
+    except KeyError:
+        raise ValueError(f"unknown scheduler {config.policy!r}; choose one of {', '.join(sorted(SCHEDULERS))}") from None
+    return cls(config, kv)
+
+
+__all__ = ["SCHEDULERS", "RequestUpdate", "Scheduler", "SarathiScheduler", "make_scheduler"]

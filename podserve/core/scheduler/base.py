@@ -1,0 +1,181 @@
+"""What every scheduling policy shares: queues, admission checks, preemption, updates."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from podserve.config import SchedulerConfig
+from podserve.core.batch import ExecutorOutput, ScheduledBatch, ScheduledSeq
+from podserve.core.kv.paged import BlockManager
+from podserve.request import Request, RequestStatus
+
+
+@dataclass
+class RequestUpdate:
+    """What one iteration did to one request: tokens appended and whether it finished."""
+
+    request: Request
+    new_token_ids: list[int]
+    finished: bool
+
+
+class Scheduler:
+    """Base policy. Subclasses implement ``_schedule`` and document their rule.
+
+    The engine and the simulator both drive it: ``schedule(now)`` builds a batch,
+    the executor (or a cost model) runs it, ``update(batch, output, now)`` applies it.
+    """
+
+    name = "base"
+
+    def __init__(self, config: SchedulerConfig, kv: BlockManager):
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.iteration = 0
+        self.num_preemptions = 0
+
+    # --- request lifecycle -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        """Queue a request; reject at once one that could never run."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        n, limit = request.num_prompt_tokens, self.config.max_model_len
+        if n == 0:
+            raise ValueError("prompt is empty: at least one token is needed")
+        if n >= limit:
+            raise ValueError(f"prompt has {n} tokens, but the context length (max_model_len) is {limit}: at most {limit - 1} prompt tokens fit")
+        if self.kv.blocks_needed(n + 1) > self.kv.num_blocks:
+            raise ValueError(f"prompt of {n} tokens needs more KV blocks than the whole cache holds ({self.kv.num_blocks})")
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_request(self, request_id: str) -> Request | None:
+        """Drop a request wherever it is and free its KV; unknown ids are ignored."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        self._finish(request, RequestStatus.FINISHED_ABORTED, now=None)
+        return request
+
+    def finish_request(self, request_id: str, status: RequestStatus, now: float) -> None:
+        """End a request for a reason decided above the scheduler (e.g. a stop string)."""
+        request = self.requests.get(request_id)
+        if request is not None:
+            self._finish(request, status, now)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    # --- one iteration -----------------------------------------------------------------
+    def schedule(self, now: float) -> ScheduledBatch:
+        """Build the next batch (decodes first, then prefill chunks)."""
+        batch = ScheduledBatch(iteration=self.iteration)
+        decodes, prefills = self._schedule(batch)
+        for request, num_tokens in decodes + prefills:
+            batch.seqs.append(self._make_seq(request, num_tokens))
+            if request.times.first_scheduled is None:
+                request.times.first_scheduled = now
+        batch.num_decodes = len(decodes)
+        self.iteration += 1
+        return batch
+
+    def _schedule(self, batch: ScheduledBatch) -> tuple[list[tuple[Request, int]], list[tuple[Request, int]]]:
+        """Policy hook: return (decodes, prefill chunks) as (request, num_tokens) pairs.
+
+        Must leave KV allocated for every scheduled token, move admitted requests from
+        ``waiting`` to ``running``, and record preemptions in ``batch.preempted_ids``.
+        """
+        raise NotImplementedError
+
+    def update(self, batch: ScheduledBatch, output: ExecutorOutput, now: float) -> list[RequestUpdate]:
+        """Apply an executed batch: advance progress, append sampled tokens, finish requests."""
+        updates = []
+        for seq, token_id in zip(batch.seqs, output.sampled_token_ids):
+            request = self.requests.get(seq.request_id)
+            if request is None or request.status is not RequestStatus.RUNNING:
+                continue  # aborted while the batch ran
+            request.num_computed_tokens += seq.num_tokens
+            if not seq.do_sample:
+                continue
+            if token_id is None:
+                raise RuntimeError(f"executor sampled no token for {seq.request_id}")
+            request.output_token_ids.append(token_id)
+            request.times.token_times.append(now)
+            if request.times.first_token is None:
+                request.times.first_token = now
+            status = request.check_token_stop(token_id)
+            if status is None and request.num_tokens >= self.config.max_model_len:
+                status = RequestStatus.FINISHED_LENGTH
+            if status is not None:
+                self._finish(request, status, now)
+            updates.append(RequestUpdate(request, [token_id], status is not None))
+        return updates
+
+    # --- helpers for policies ----------------------------------------------------------
+    def _make_seq(self, request: Request, num_tokens: int) -> ScheduledSeq:
+        start = request.num_computed_tokens
+        return ScheduledSeq(
+            request_id=request.request_id,
+            token_ids=request.token_ids_from(start, num_tokens),
+            start_pos=start,
+            is_prefill=request.is_prefill,
+            do_sample=start + num_tokens == request.num_tokens,
+            block_table=list(self.kv.block_table(request)),
+            sampling_params=request.sampling_params,
+            num_output_tokens=request.num_output_tokens,
+        )
+
+    def _admit(self, request: Request) -> None:
+        """Move the head of ``waiting`` to ``running``."""
+        assert self.waiting[0] is request
+        self.waiting.popleft()
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _preempt(self, request: Request, batch: ScheduledBatch) -> None:
+        """Preempt by recompute: free the KV and requeue at the front of ``waiting``."""
+        self.running.remove(request)
+        self.kv.free(request)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+        self.num_preemptions += 1
+        batch.preempted_ids.append(request.request_id)
+
+    def _reserve_decode(self, request: Request, batch: ScheduledBatch) -> bool:
+        """Find KV for one more token of ``request``, preempting the newest running
+        requests if needed. Returns False if ``request`` itself had to be preempted."""
+        while not self.kv.can_grow(request, request.num_computed_tokens + 1):
+            victim = self.running[-1]
+            self._preempt(victim, batch)
+            if victim is request:
+                return False
+        self.kv.allocate(request, request.num_computed_tokens + 1)
+        return True
+
+    def _finish(self, request: Request, status: RequestStatus, now: float | None) -> None:
+        if request in self.running:
+            self.running.remove(request)
+        elif request.status is RequestStatus.WAITING:
+            try:
+                self.waiting.remove(request)
+            except ValueError:
+                pass
+        self.kv.free(request)
+        request.status = status
+        if now is not None:
+            request.times.finished = now
+        self.requests.pop(request.request_id, None)
