@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from podserve.model.gguf_loader import gguf_config, iter_gguf_weights
+from podserve.model.loader import resolve_model
 from podserve.model.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -123,6 +124,14 @@ def test_qwen2_weights_equal_transformers(qwen2_gguf):
     assert set(ours) == set(ref)
     for name, tensor in ref.items():
         assert torch.equal(ours[name], tensor), name
+
+
+def test_gguf_file_by_path(qwen2_gguf):
+    src = resolve_model(str(qwen2_gguf))
+    assert (src.kind, src.name, src.path) == ("gguf", "tiny-qwen2", qwen2_gguf)
+    assert src.config.attention_bias and src.tokenizer.add_bos_token
+    names = [name for name, _ in src.weights()]
+    assert "model.layers.1.self_attn.k_proj.bias" in names and "lm_head.weight" in names
 
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "gpt2"])

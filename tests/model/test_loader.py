@@ -28,10 +28,6 @@ def test_default_is_smollm2_gguf():
     assert name == "model.embed_tokens.weight" and tensor.shape == (49152, 576) and tensor.dtype == torch.float32
 
 
-def test_gguf_file_by_path(gguf_path):
-    assert resolve_model(str(gguf_path)).config.hidden_size == 576
-
-
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_presets_have_real_shapes_and_fold_ids(name):
     src = resolve_model(name)
