@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from podserve.model.gguf_loader import gguf_config, iter_gguf_weights
+from podserve.model.gguf_loader import _llama3_rope_divisors, gguf_config, iter_gguf_weights
 from podserve.model.loader import resolve_model
 from podserve.model.tokenizer import Tokenizer
 
@@ -31,7 +31,7 @@ def _add_tensor(writer, name, array, qtype):
         writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
-def _write_gguf(path, arch, tokenizer_meta):
+def _write_gguf(path, arch, tokenizer_meta, extra_tensors=()):
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(2)
@@ -46,6 +46,8 @@ def _write_gguf(path, arch, tokenizer_meta):
     _add_tensor(w, "token_embd.weight", rng.standard_normal((VOCAB, HIDDEN)), Q.Q8_0)
     _add_tensor(w, "output.weight", rng.standard_normal((VOCAB, HIDDEN)), Q.BF16)
     _add_tensor(w, "output_norm.weight", rng.standard_normal(HIDDEN), Q.F32)
+    for name, array in extra_tensors:
+        _add_tensor(w, name, array, Q.F32)
     head_dim = HIDDEN // HEADS
     for i in range(2):
         shapes = {"attn_q": HIDDEN, "attn_k": KV_HEADS * head_dim, "attn_v": KV_HEADS * head_dim}
@@ -152,3 +154,17 @@ def test_sentencepiece_vocab_matches_transformers(tmp_path):
         ids = tok.encode(text)
         assert ids == ref(text).input_ids, text
         assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=True), text
+
+
+def test_llama3_rope_freqs_become_rope_scaling(tmp_path, gguf_reader):
+    # Llama-3.1 GGUFs carry precomputed RoPE divisors (rope_freqs.weight) instead of rope_scaling.
+    params = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    divisors = _llama3_rope_divisors(params, HIDDEN // HEADS, 1000000.0)
+    assert divisors.min() == 1.0 and divisors.max() == 8.0
+    path = _write_gguf(tmp_path / "l31.gguf", "llama", _byte_level_meta(gguf_reader, "llama-bpe"),
+                       extra_tensors=[("rope_freqs.weight", divisors)])
+    reader = gguf.GGUFReader(path)
+    config = gguf_config(reader)
+    assert config.rope_scaling == params
+    assert "rope_freqs.weight" not in {name for name, _ in iter_gguf_weights(reader, config)}
