@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from podserve.model.config import LlamaConfig
+from podserve.model.config import LlamaConfig, normalize_hf_config
 from podserve.model.errors import ModelLoadError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -27,25 +27,6 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{what} {path} is not a JSON object; {_EXPECTED}")
     return data
-
-
-def normalize_hf_config(d: dict) -> dict:
-    """Bring config.json variants to the keys LlamaConfig.from_hf_dict reads.
-
-    transformers >= 5 writes RoPE settings as ``rope_parameters`` (theta inside) instead of
-    top-level ``rope_theta`` + ``rope_scaling``; older files may spell ``type`` for ``rope_type``.
-    """
-    d = dict(d)
-    params = d.get("rope_parameters")
-    if isinstance(params, dict):
-        if "rope_theta" in params:
-            d.setdefault("rope_theta", params["rope_theta"])
-        if params.get("rope_type", params.get("type", "default")) != "default":
-            d.setdefault("rope_scaling", {k: v for k, v in params.items() if k != "rope_theta"})
-    scaling = d.get("rope_scaling")
-    if isinstance(scaling, dict) and "rope_type" not in scaling and "type" in scaling:
-        d["rope_scaling"] = {**scaling, "rope_type": scaling["type"]}
-    return d
 
 
 def hf_config(path: str | Path) -> LlamaConfig:
