@@ -34,8 +34,8 @@ def _driver():
 def _ok(result, what: str):
     """cuda-bindings returns (CUresult, *values): raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        driver = _driver()
+    driver = _driver()
+    if err != driver.CUresult.CUDA_SUCCESS:
         _, name = driver.cuGetErrorName(err)
         raise RuntimeError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
     return values[0] if len(values) == 1 else values
@@ -144,14 +144,19 @@ class CudaVirtualMemory:
         must know no kernel still reads them (see ``VirtualKVPool``'s events)."""
         self._check_range(offset, num_pages)
         self._bind()
-        _ok(self._drv.cuMemUnmap(self.base + offset, num_pages * self.page_bytes), "cuMemUnmap")
         for i in range(num_pages):
-            self._free_handles.append(self._mapped.pop(offset + i * self.page_bytes))
-        self.num_mapped -= num_pages
+            # One call per page: cuMemUnmap must cover whole mappings, one per cuMemMap.
+            off = offset + i * self.page_bytes
+            _ok(self._drv.cuMemUnmap(self.base + off, self.page_bytes), "cuMemUnmap")
+            self._free_handles.append(self._mapped.pop(off))
+            self.num_mapped -= 1
 
     def tensor(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A zero-copy device tensor over the range at ``offset``, mapped or not."""
-        return tensor_from_address(self.base + offset, tuple(shape), dtype, self.device)
+        try:
+            return tensor_from_address(self.base + offset, tuple(shape), dtype, self.device)
+        except Exception:  # a torch that rejects the hand-built capsule: go through cupy
+            return _tensor_via_cupy(self.base + offset, tuple(shape), dtype, self.device)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
@@ -173,3 +178,15 @@ class CudaVirtualMemory:
     def _check_range(self, offset: int, num_pages: int) -> None:
         if offset % self.page_bytes or num_pages < 1 or offset + num_pages * self.page_bytes > self.size:
             raise ValueError(f"bad page range: offset {offset}, {num_pages} pages of {self.page_bytes} in {self.size}")
+
+
+def _tensor_via_cupy(address: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Fallback exposure: cupy's UnownedMemory with an explicit device id (no pointer query)."""
+    import cupy
+
+    nbytes = torch.tensor([], dtype=dtype).element_size()
+    for d in shape:
+        nbytes *= d
+    mem = cupy.cuda.UnownedMemory(address, nbytes, owner=None, device_id=device.index)
+    raw = cupy.ndarray((nbytes,), dtype=cupy.uint8, memptr=cupy.cuda.MemoryPointer(mem, 0))
+    return torch.from_dlpack(raw).view(dtype).view(shape)
