@@ -81,9 +81,19 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _prefill(self, q, i, q_len, seq_len, k_cache, v_cache, meta, scale):
         _, block_size, num_kv_heads, head_dim = k_cache.shape
-        idx = self._index(("prefill_index", i, block_size), meta, slice(i, i + 1), [seq_len], block_size)[0]  # [seq_len]
-        keys = k_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
-        vals = v_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)
+        if seq_len <= block_size:
+            # One block holds the whole context (always so for virtual KV, where the block
+            # is the request's slot): attend over a zero-copy contiguous view.
+            key = ("prefill_block", i)
+            blk = self._shared["masks"].get(key)
+            if blk is None:
+                blk = self._shared["masks"][key] = int(meta.block_tables[i, 0])
+            keys = k_cache[blk, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
+            vals = v_cache[blk, :seq_len].transpose(0, 1)
+        else:
+            idx = self._index(("prefill_index", i, block_size), meta, slice(i, i + 1), [seq_len], block_size)[0]  # [seq_len]
+            keys = k_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
+            vals = v_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)
         qq = q.transpose(0, 1)  # [num_heads, q_len, head_dim]
         if q_len == seq_len:
             o = F.scaled_dot_product_attention(qq, keys, vals, is_causal=True, scale=scale, enable_gqa=True)
