@@ -228,7 +228,7 @@ def test_core_never_imports_torch():
     code = (
         "import pkgutil, importlib, sys, podserve.core as core\n"
         "for m in pkgutil.walk_packages(core.__path__, 'podserve.core.'): importlib.import_module(m.name)\n"
-        "import podserve.metrics\n"
+        "import podserve.metrics, podserve.bench.workloads\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "assert not bad, bad[:5]\n"
     )
