@@ -65,6 +65,9 @@ class AttentionBackend:
 
     name: str = "base"
 
+    def prepare(self, meta: AttentionMetadata) -> None:
+        """Called once per batch before the first layer: precompute what all layers share."""
+
     def forward(
         self,
         q: torch.Tensor,  # [num_tokens, num_q_heads, head_dim]

@@ -51,6 +51,7 @@ class LlamaConfig:
     @classmethod
     def from_hf_dict(cls, d: dict) -> "LlamaConfig":
         """Build from a parsed Hugging Face ``config.json`` (llama, mistral, qwen2)."""
+        d = normalize_hf_config(d)
         arch = d.get("model_type", "llama")
         return cls(
             vocab_size=d["vocab_size"],
@@ -80,3 +81,22 @@ class LlamaConfig:
     def kv_elements_per_token(self) -> int:
         """K+V elements per token across all layers (times the dtype size gives bytes)."""
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
+
+
+def normalize_hf_config(d: dict) -> dict:
+    """Bring config.json variants to the keys LlamaConfig.from_hf_dict reads.
+
+    transformers >= 5 writes RoPE settings as ``rope_parameters`` (theta inside) instead of
+    top-level ``rope_theta`` + ``rope_scaling``; older files may spell ``type`` for ``rope_type``.
+    """
+    d = dict(d)
+    params = d.get("rope_parameters")
+    if isinstance(params, dict):
+        if "rope_theta" in params:
+            d.setdefault("rope_theta", params["rope_theta"])
+        if params.get("rope_type", params.get("type", "default")) != "default":
+            d.setdefault("rope_scaling", {k: v for k, v in params.items() if k != "rope_theta"})
+    scaling = d.get("rope_scaling")
+    if isinstance(scaling, dict) and "rope_type" not in scaling and "type" in scaling:
+        d["rope_scaling"] = {**scaling, "rope_type": scaling["type"]}
+    return d

@@ -1,0 +1,87 @@
+"""Reference attention backend in plain torch: correct on CPU and GPU, fast enough on CPU.
+
+Decodes are attended together (their K/V gathered from the block table into one padded
+tensor, one SDPA call per layer); prefill chunks one by one, with a causal mask offset
+by the cached prefix.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from podserve.attention.base import AttentionBackend, AttentionMetadata
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def __init__(self):
+        self._shared: dict = {}
+
+    def prepare(self, meta: AttentionMetadata) -> None:
+        shared = {}
+        if meta.num_decodes:
+            b = meta.num_decodes
+            lens = meta.seq_lens[:b]
+            shared["decode"] = (b, lens, max(meta.seq_lens_cpu[:b]))
+        prefills = []
+        starts = meta.cu_seqlens_q.tolist() if meta.num_prefills else []
+        for i in range(meta.num_decodes, meta.num_seqs):
+            q_len, seq_len = meta.query_lens_cpu[i], meta.seq_lens_cpu[i]
+            prefills.append((i, starts[i], q_len, seq_len))
+        shared["prefills"] = prefills
+        shared["masks"] = {}
+        self._shared = shared
+
+    def forward(self, q, k, v, k_cache, v_cache, meta, scale):
+        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+        # Write the new K/V first: every query then reads its own token from the cache.
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
+        if meta.num_decodes:
+            out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], k_cache, v_cache, meta, scale)
+        for i, start, q_len, seq_len in self._shared["prefills"]:
+            out[start : start + q_len] = self._prefill(q[start : start + q_len], i, q_len, seq_len, k_cache, v_cache, meta, scale)
+        return out
+
+    def _gather(self, cache, block_table_rows, num_blocks):
+        # cache [num_blocks_total, block_size, kv_heads, head_dim] -> [rows, num_blocks*block_size, kv_heads, head_dim]
+        g = cache[block_table_rows[:, :num_blocks]]
+        return g.flatten(1, 2)
+
+    def _decode(self, q, k_cache, v_cache, meta, scale):
+        b, lens, max_len = self._shared["decode"]
+        block_size = k_cache.shape[1]
+        nblk = -(-max_len // block_size)
+        key = ("decode_mask", block_size)
+        mask = self._shared["masks"].get(key)
+        if mask is None:
+            pos = torch.arange(nblk * block_size, device=q.device)
+            mask = (pos[None, :] < lens[:, None].to(pos.dtype))[:, None, None, :]  # [b, 1, 1, L]
+            self._shared["masks"][key] = mask
+        rows = meta.block_tables[:b]
+        keys = self._gather(k_cache, rows, nblk).transpose(1, 2)  # [b, kv_heads, L, head_dim]
+        vals = self._gather(v_cache, rows, nblk).transpose(1, 2)
+        qq = q.unsqueeze(2)  # [b, num_heads, 1, head_dim]
+        o = F.scaled_dot_product_attention(qq, keys, vals, attn_mask=mask, scale=scale, enable_gqa=True)
+        return o.squeeze(2)
+
+    def _prefill(self, q, i, q_len, seq_len, k_cache, v_cache, meta, scale):
+        block_size = k_cache.shape[1]
+        nblk = -(-seq_len // block_size)
+        rows = meta.block_tables[i : i + 1]
+        keys = self._gather(k_cache, rows, nblk)[0, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
+        vals = self._gather(v_cache, rows, nblk)[0, :seq_len].transpose(0, 1)
+        qq = q.transpose(0, 1)  # [num_heads, q_len, head_dim]
+        if q_len == seq_len:
+            o = F.scaled_dot_product_attention(qq, keys, vals, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            key = ("prefill_mask", i)
+            mask = self._shared["masks"].get(key)
+            if mask is None:
+                qpos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+                mask = qpos[:, None] >= torch.arange(seq_len, device=q.device)[None, :]  # [q_len, seq_len]
+                self._shared["masks"][key] = mask
+            o = F.scaled_dot_product_attention(qq, keys, vals, attn_mask=mask, scale=scale, enable_gqa=True)
+        return o.transpose(0, 1)

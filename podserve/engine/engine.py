@@ -1,0 +1,136 @@
+"""Engine: schedule -> execute -> update, plus detokenization and request bookkeeping."""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+
+from podserve.config import EngineConfig
+from podserve.core.kv.paged import BlockManager
+from podserve.core.scheduler import make_scheduler
+from podserve.engine.detokenizer import IncrementalDetokenizer
+from podserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from podserve.executor.model_runner import ModelRunner
+from podserve.model.loader import resolve_model
+from podserve.request import Request, RequestStatus, SamplingParams
+
+CPU_MAX_MODEL_LEN = 8192  # a CPU run never needs a longer context; keeps RoPE tables small
+
+
+class Engine:
+    """Synchronous engine. ``step()`` runs one iteration over every active request."""
+
+    def __init__(self, config: EngineConfig):
+        source = resolve_model(config.model)
+        self.model_name = source.name
+        self.tokenizer = source.tokenizer
+        self.model_config = source.config
+        max_len = config.max_model_len or source.config.max_position_embeddings
+        if config.max_model_len is None and config.device == "cpu":
+            max_len = min(max_len, CPU_MAX_MODEL_LEN)
+        self.max_model_len = max_len
+        self.config = replace(config, scheduler=replace(config.scheduler, max_model_len=max_len))
+        self.runner = ModelRunner(self.config, source.config, source.weights, max_len)
+        self.kv = BlockManager(self.runner.num_blocks, self.config.cache.block_size, self.config.cache.watermark)
+        self.scheduler = make_scheduler(self.config.scheduler, self.kv)
+        self.eos_token_ids = tuple(self.tokenizer.eos_token_ids or source.config.eos_token_ids)
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._prompts: dict[str, str | None] = {}
+        self._ids = itertools.count()
+        self.iteration_listeners: list = []
+        """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
+
+    # --- requests ------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: str | list[int],
+        sampling_params: SamplingParams | None = None,
+        request_id: str | None = None,
+        arrival_time: float | None = None,
+    ) -> Request:
+        """Tokenize (if text) and queue a request. Raises ValueError on bad input."""
+        params = sampling_params or SamplingParams()
+        if isinstance(prompt, str):
+            token_ids, text = self.tokenizer.encode(prompt), prompt
+        else:
+            token_ids, text = list(prompt), None
+            vocab = self.model_config.vocab_size
+            if any(not isinstance(t, int) or t < 0 or t >= vocab for t in token_ids):
+                raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        request = Request(
+            request_id=request_id if request_id is not None else str(next(self._ids)),
+            prompt_token_ids=token_ids,
+            sampling_params=params,
+            arrival_time=time.perf_counter() if arrival_time is None else arrival_time,
+            eos_token_ids=self.eos_token_ids,
+        )
+        self.scheduler.add_request(request)
+        self._detok[request.request_id] = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+        self._prompts[request.request_id] = text
+        return request
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request now and free its KV blocks; unknown ids are ignored."""
+        request = self.scheduler.abort_request(request_id)
+        if request is not None:
+            request.times.finished = time.perf_counter()
+        self._detok.pop(request_id, None)
+        self._prompts.pop(request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # --- the loop --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
+        start = time.perf_counter()
+        batch = self.scheduler.schedule(start)
+        if batch.is_empty:
+            return []
+        output = self.runner.execute(batch)
+        now = time.perf_counter()
+        updates = self.scheduler.update(batch, output, now)
+        for listener in self.iteration_listeners:
+            listener(batch, start, now)
+        results = []
+        for update in updates:
+            request = update.request
+            rid = request.request_id
+            delta, hit_stop = self._detok[rid].add(update.new_token_ids)
+            finished = update.finished
+            if hit_stop and not finished:
+                self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED, now)
+                finished = True
+            results.append(self._output(request, delta, update.new_token_ids, finished))
+            if finished:
+                del self._detok[rid]
+                del self._prompts[rid]
+        return results
+
+    def _output(self, request: Request, delta: str, delta_ids: list[int], finished: bool) -> RequestOutput:
+        rid = request.request_id
+        t = request.times
+        return RequestOutput(
+            request_id=rid,
+            prompt=self._prompts.get(rid),
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=[
+                CompletionOutput(
+                    index=0,
+                    text=self._detok[rid].text,
+                    token_ids=list(request.output_token_ids),
+                    finish_reason=request.status.finish_reason if finished else None,
+                )
+            ],
+            finished=finished,
+            metrics=RequestMetrics(
+                arrival_time=t.arrival,
+                first_scheduled_time=t.first_scheduled,
+                first_token_time=t.first_token,
+                token_times=list(t.token_times) if finished else [],
+                finished_time=t.finished,
+                num_preemptions=request.num_preemptions,
+            ),
+            delta_text=delta,
+            delta_token_ids=list(delta_ids),
+        )

@@ -1,0 +1,1 @@
+"""Mechanism: turn a ScheduledBatch into tensors, run the model, sample."""

@@ -1,0 +1,1 @@
+"""Physical KV memory: the paged pool (and, later, virtual-memory backends)."""

@@ -1,0 +1,55 @@
+"""The physical paged KV pool: one K and one V tensor per layer, sized from a budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from podserve.config import CacheConfig
+from podserve.model.config import LlamaConfig
+
+CPU_DEFAULT_KV_BYTES = 1 << 30  # CPU memory can't be queried reliably per process: fixed 1 GiB
+
+
+@dataclass
+class PagedKVPool:
+    """``caches[layer] = (k, v)``, each ``[num_blocks, block_size, num_kv_heads, head_dim]``."""
+
+    caches: list[tuple[torch.Tensor, torch.Tensor]]
+    num_blocks: int
+    block_size: int
+
+    @staticmethod
+    def bytes_per_block(model: LlamaConfig, block_size: int, dtype: torch.dtype) -> int:
+        return block_size * model.kv_elements_per_token * torch.tensor([], dtype=dtype).element_size()
+
+    @classmethod
+    def create(cls, model: LlamaConfig, cache: CacheConfig, dtype: torch.dtype, device: torch.device) -> "PagedKVPool":
+        per_block = cls.bytes_per_block(model, cache.block_size, dtype)
+        if cache.num_blocks is not None:
+            num_blocks = cache.num_blocks
+        else:
+            budget = cache.kv_cache_memory
+            if budget is None:
+                budget = CPU_DEFAULT_KV_BYTES if device.type == "cpu" else _cuda_budget(device, cache)
+            num_blocks = budget // per_block
+        if num_blocks < 1:
+            raise ValueError(
+                f"KV cache budget too small: one block of {cache.block_size} tokens needs {per_block} bytes; "
+                "raise --kv-cache-memory"
+            )
+        shape = (num_blocks, cache.block_size, model.num_key_value_heads, model.head_dim)
+        caches = [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(model.num_hidden_layers)
+        ]
+        return cls(caches, num_blocks, cache.block_size)
+
+
+def _cuda_budget(device: torch.device, cache: CacheConfig) -> int:
+    """Free memory left under ``gpu_memory_utilization`` once the weights are loaded."""
+    free, total = torch.cuda.mem_get_info(device)
+    used = total - free
+    # Keep headroom for activations: 10% of what remains, at least 1 GiB.
+    budget = int(total * cache.gpu_memory_utilization) - used
+    return max(0, budget - max(1 << 30, budget // 10))
