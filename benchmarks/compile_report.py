@@ -42,16 +42,19 @@ def _signature(fn, dtype: str, ints: set[str], floats: set[str], constexprs: dic
     return sig
 
 
-def compile_one(fn, constexprs: dict, num_warps: int, num_stages: int, dtype: str = "bf16"):
+def compile_one(fn, constexprs: dict, num_warps: int, num_stages: int, dtype: str = "bf16",
+                block_size: int = 16):
     """Compile ``fn`` for sm_90; returns the CompiledKernel (n_regs, metadata.shared)."""
     params = inspect.signature(fn.fn).parameters
     ints = {n for n in params if n.startswith(("stride", "num_", "first_", "split_len",
-                                               "ratio", "bt_stride"))}
+                                               "ratio", "bt_stride", "block_size",
+                                               "max_splits"))}
     sig = _signature(fn, dtype, ints, {"qk_scale"}, constexprs)
     # What a real launch specialises: pointers 16-byte aligned, strides divisible by 16
     # (without it no vectorised loads and no cp.async pipelining).
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(sig)
-             if sig[n].startswith("*") or n.startswith("stride") or n == "bt_stride"}
+             if sig[n].startswith("*") or n.startswith("stride") or n == "bt_stride"
+             or (n == "block_size" and block_size % 16 == 0)}
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
@@ -86,25 +89,26 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
     rows = []
     pc = prefill_config(head_dim)
     k = compile_one(_prefill_kernel, dict(GQA=gqa, HEAD_DIM=head_dim, BLOCK_M=pc["BLOCK_M"],
-                                          BLOCK_N=pc["BLOCK_N"], BLOCK_SIZE=block_size,
+                                          BLOCK_N=pc["BLOCK_N"],
                                           PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0),
-                    pc["num_warps"], pc["num_stages"], dtype)
+                    pc["num_warps"], pc["num_stages"], dtype, block_size)
     rows.append(("prefill", pc["num_warps"], k))
     dc = decode_config(head_dim)
     g_pad = max(16, triton.next_power_of_2(gqa))
-    k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, MAX_SPLITS=4, GQA=gqa, G_PAD=g_pad,
+    k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=g_pad,
                                          HEAD_DIM=head_dim, BLOCK_N=dc["BLOCK_N"],
-                                         BLOCK_SIZE=block_size,
-                                         PAGE_ALIGNED=block_size % dc["BLOCK_N"] == 0),
-                    dc["num_warps"], dc["num_stages"], dtype)
+                                         PAGE_ALIGNED=block_size % dc["BLOCK_N"] == 0,
+                                         DIRECT=False),
+                    dc["num_warps"], dc["num_stages"], dtype, block_size)
     rows.append(("decode", dc["num_warps"], k))
     oc = pod_config(head_dim)
     k = compile_one(_pod_kernel, dict(
-        NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, MAX_SPLITS=4, SPLITS_PAD=4, GQA=gqa, G_PAD=g_pad,
+        NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_PAD=4, GQA=gqa, G_PAD=g_pad,
         HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
-        BLOCK_N_D=oc["BLOCK_N_D"], BLOCK_SIZE=block_size,
+        BLOCK_N_D=oc["BLOCK_N_D"],
         ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
-        NUM_SMS=132, CTR_PAD=256, INTERPRET=False), oc["num_warps"], oc["num_stages"], dtype)
+        NUM_SMS=132, CTR_PAD=256, INTERPRET=False), oc["num_warps"], oc["num_stages"], dtype,
+        block_size)
     rows.append(("pod", oc["num_warps"], k))
     out = []
     for name, warps, k in rows:

@@ -14,34 +14,33 @@ def decode_config(head_dim: int) -> dict:
 
 @triton.jit
 def _decode_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
-                   cu_seqlens_q, split_len,
-                   stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                   cu_seqlens_q, split_len, max_splits,
+                   stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                    stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                   NUM_Q_HEADS: tl.constexpr, MAX_SPLITS: tl.constexpr,
-                   GQA: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+                   NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                   DIRECT: tl.constexpr):
     # Grid (num_splits, num_kv_heads, num_decodes): the splits of one sequence run
     # side by side, each reading a disjoint KV range.
     split = tl.program_id(0)
     kvh = tl.program_id(1)
     seq = tl.program_id(2)
     decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
-                cu_seqlens_q, seq, kvh, split, split_len,
-                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                cu_seqlens_q, seq, kvh, split, split_len, max_splits,
+                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                NUM_Q_HEADS, MAX_SPLITS, GQA, G_PAD, HEAD_DIM, BLOCK_N, BLOCK_SIZE,
-                PAGE_ALIGNED, MAX_SPLITS == 1)
+                NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N, PAGE_ALIGNED, DIRECT)
 
 
 @triton.jit
-def _combine_kernel(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, split_len,
+def _combine_kernel(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, split_len, max_splits,
                     stride_ot, stride_oh,
-                    NUM_Q_HEADS: tl.constexpr, MAX_SPLITS: tl.constexpr,
-                    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+                    NUM_Q_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                    HEAD_DIM: tl.constexpr):
     head = tl.program_id(0)
     seq = tl.program_id(1)
     combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, split_len,
-                 stride_ot, stride_oh, NUM_Q_HEADS, MAX_SPLITS, SPLITS_PAD, HEAD_DIM, "")
+                 max_splits, stride_ot, stride_oh, NUM_Q_HEADS, SPLITS_PAD, HEAD_DIM, "")
 
 
 def decode_attention(
@@ -95,18 +94,18 @@ def decode_attention(
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     _decode_kernel[(num_splits, num_kv_heads, num_decodes)](
         q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-        split_len,
+        split_len, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
+        block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
-        NUM_Q_HEADS=num_q_heads, MAX_SPLITS=num_splits, GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
-        HEAD_DIM=head_dim, BLOCK_N=bn, BLOCK_SIZE=block_size,
-        PAGE_ALIGNED=block_size % bn == 0, **kw)
+        NUM_Q_HEADS=num_q_heads, GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
+        HEAD_DIM=head_dim, BLOCK_N=bn, PAGE_ALIGNED=block_size % bn == 0,
+        DIRECT=num_splits == 1, **kw)
     if num_splits > 1:
         _combine_kernel[(num_q_heads, num_decodes)](
-            out, part_o, part_lse, seq_lens, cu_seqlens_q, split_len,
+            out, part_o, part_lse, seq_lens, cu_seqlens_q, split_len, num_splits,
             out.stride(0), out.stride(1),
-            NUM_Q_HEADS=num_q_heads, MAX_SPLITS=num_splits,
+            NUM_Q_HEADS=num_q_heads,
             SPLITS_PAD=max(2, next_pow2(num_splits)), HEAD_DIM=head_dim,
             **({} if interpreting() else dict(num_warps=4)))
     return out

@@ -55,14 +55,13 @@ def _smid(pid, NUM_SMS: tl.constexpr, INTERPRET: tl.constexpr):
 def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
                 cu_seqlens_q, counters, split_counters,
                 num_decodes, num_prefills, num_m_tiles, num_p_tiles, num_d_tiles,
-                split_len, ratio_p, ratio_total,
-                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                split_len, max_splits, ratio_p, ratio_total,
+                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, MAX_SPLITS: tl.constexpr,
+                NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SPLIT: tl.constexpr,
                 SPLITS_PAD: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_P: tl.constexpr,
-                BLOCK_N_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                ALIGNED_P: tl.constexpr, ALIGNED_D: tl.constexpr,
+                BLOCK_N_D: tl.constexpr, ALIGNED_P: tl.constexpr, ALIGNED_D: tl.constexpr,
                 NUM_SMS: tl.constexpr, CTR_PAD: tl.constexpr, INTERPRET: tl.constexpr):
     # counters (int32): [0, NUM_SMS) per-SM tickets, then next prefill tile,
     # next decode tile, programs done.
@@ -91,21 +90,20 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
         m_tile = num_m_tiles - 1 - rest // num_prefills
         prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                      seq, m_tile, head, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
-                     stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                     GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, BLOCK_SIZE, ALIGNED_P)
+                     block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                     GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, ALIGNED_P)
     else:
         # Decode tile id -> (sequence, KV head, split), splits fastest.
-        split = tile % MAX_SPLITS
-        pair = tile // MAX_SPLITS
+        split = tile % max_splits
+        pair = tile // max_splits
         kvh = pair % NUM_KV_HEADS
         seq = pair // NUM_KV_HEADS
         ran = decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
-                          seq_lens, cu_seqlens_q, seq, kvh, split, split_len,
-                          stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                          seq_lens, cu_seqlens_q, seq, kvh, split, split_len, max_splits,
+                          stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                           stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                          NUM_Q_HEADS, MAX_SPLITS, GQA, G_PAD, HEAD_DIM, BLOCK_N_D, BLOCK_SIZE,
-                          ALIGNED_D, MAX_SPLITS == 1)
-        if MAX_SPLITS > 1:
+                          NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N_D, ALIGNED_D, not SPLIT)
+        if SPLIT:
             if ran > 0:
                 # All threads' partial stores precede the release of the arrival count.
                 tl.debug_barrier()
@@ -115,8 +113,8 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
                     tl.atomic_xchg(split_counters + pair, 0)
                     for g in range(GQA):
                         combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq,
-                                     kvh * GQA + g, split_len, stride_ot, stride_oh,
-                                     NUM_Q_HEADS, MAX_SPLITS, SPLITS_PAD, HEAD_DIM, ".cg")
+                                     kvh * GQA + g, split_len, max_splits, stride_ot, stride_oh,
+                                     NUM_Q_HEADS, SPLITS_PAD, HEAD_DIM, ".cg")
 
     done = tl.atomic_add(counters + NUM_SMS + 2, 1)
     if done == num_p_tiles + num_d_tiles - 1:
@@ -232,14 +230,14 @@ def pod_attention(
         q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         counters, split_ctr,
         num_decodes, num_prefills, num_m_tiles, num_p_tiles, num_d_tiles,
-        split_len, ratio_p, ratio_total,
+        split_len, num_splits, ratio_p, ratio_total,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
+        block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
-        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, MAX_SPLITS=num_splits,
+        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, SPLIT=num_splits > 1,
         SPLITS_PAD=max(2, next_pow2(num_splits)), GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
         HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N_P=cfg["BLOCK_N_P"], BLOCK_N_D=bnd,
-        BLOCK_SIZE=block_size, ALIGNED_P=block_size % cfg["BLOCK_N_P"] == 0,
+        ALIGNED_P=block_size % cfg["BLOCK_N_P"] == 0,
         ALIGNED_D=block_size % bnd == 0,
         NUM_SMS=sms, CTR_PAD=next_pow2(sms + 3), INTERPRET=interp, **kw)
     return out

@@ -17,10 +17,10 @@ def prefill_config(head_dim: int) -> dict:
 @triton.jit
 def _prefill_kernel(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                     first_seq, num_m_tiles,
-                    stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                    stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                     stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                     GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+                    BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
     # Grid (num_q_heads, num_m_tiles, num_seqs): heads fastest so the query heads of
     # one KV group run together and share K/V through L2; heaviest (last) row
     # tiles first so the causal tail does not straggle.
@@ -29,8 +29,8 @@ def _prefill_kernel(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_s
     seq = first_seq + tl.program_id(2)
     prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                  seq, m_tile, head, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
-                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                 GQA, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_SIZE, PAGE_ALIGNED)
+                 block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                 GQA, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_ALIGNED)
 
 
 def prefill_attention(
@@ -75,8 +75,8 @@ def prefill_attention(
         q, out, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         num_decodes, num_m_tiles,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
+        block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
         GQA=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn,
-        BLOCK_SIZE=block_size, PAGE_ALIGNED=block_size % bn == 0, **kw)
+        PAGE_ALIGNED=block_size % bn == 0, **kw)
     return out

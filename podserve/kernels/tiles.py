@@ -21,26 +21,31 @@ NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
-def kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride,
-            BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
-    """Flat cache rows (int64 [BLOCK_N]) of key positions ``offs_n = n0 + arange``."""
+def kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
+            BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+    """Flat cache rows (int64 [BLOCK_N]) of key positions ``offs_n = n0 + arange``.
+
+    ``block_size`` is a runtime value so the contiguous layout (block_size =
+    max_ctx, which varies) does not recompile the kernels.
+    """
     if PAGE_ALIGNED:
-        # The whole tile sits in one cache block: one block-table read per tile.
-        blk = tl.load(block_tables + seq * bt_stride + n0 // BLOCK_SIZE).to(tl.int64)
-        rows = blk * BLOCK_SIZE + (offs_n % BLOCK_SIZE)
+        # The whole tile sits in one cache block (block_size % BLOCK_N == 0): one
+        # block-table read per tile, scalar address math.
+        blk = tl.load(block_tables + seq * bt_stride + n0 // block_size).to(tl.int64)
+        rows = blk * block_size + (n0 % block_size) + tl.arange(0, BLOCK_N)
     else:
         # Tile spans several (small) blocks: gather one block id per key row.
-        blk = tl.load(block_tables + seq * bt_stride + offs_n // BLOCK_SIZE,
+        blk = tl.load(block_tables + seq * bt_stride + offs_n // block_size,
                       mask=mask_n, other=0).to(tl.int64)
-        rows = blk * BLOCK_SIZE + (offs_n % BLOCK_SIZE)
+        rows = blk * block_size + (offs_n % block_size)
     return rows
 
 
 @triton.jit
 def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
-                pos_q, kv_len, bt_stride, stride_kr, stride_kh, stride_vr, stride_vh,
-                qk_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                pos_q, kv_len, bt_stride, block_size, stride_kr, stride_kh, stride_vr,
+                stride_vh, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 PAGE_ALIGNED: tl.constexpr, MASK: tl.constexpr):
     """One online-softmax step of queries ``q`` [M, D] over keys ``[n0, n0 + BLOCK_N)``.
 
@@ -51,8 +56,8 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_n = offs_n < kv_len
-    rows = kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride,
-                   BLOCK_SIZE, BLOCK_N, PAGE_ALIGNED)
+    rows = kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
+                   BLOCK_N, PAGE_ALIGNED)
     k_ptrs = k_cache + rows[:, None] * stride_kr + kvh * stride_kh + offs_d[None, :]
     v_ptrs = v_cache + rows[:, None] * stride_vr + kvh * stride_vh + offs_d[None, :]
     if MASK:
@@ -78,10 +83,10 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
 @triton.jit
 def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                  seq, m_tile, head,
-                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                  stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                  GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+                 BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
     """Causal attention of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``, one head.
 
     The chunk's query ``i`` sits at position ``prefix + i`` (``prefix = seq_len -
@@ -108,15 +113,15 @@ def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seql
         full_end = ((prefix + m0) // BLOCK_N) * BLOCK_N
         for n0 in range(0, full_end, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, BLOCK_SIZE, PAGE_ALIGNED, False)
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
         hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)
         for n0 in range(full_end, hi, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, BLOCK_SIZE, PAGE_ALIGNED, True)
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
         out = acc / l_i[:, None]
         tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
@@ -124,12 +129,12 @@ def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seql
 
 @triton.jit
 def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
-                cu_seqlens_q, seq, kvh, split, split_len,
-                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                cu_seqlens_q, seq, kvh, split, split_len, max_splits,
+                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                NUM_Q_HEADS: tl.constexpr, MAX_SPLITS: tl.constexpr,
+                NUM_Q_HEADS: tl.constexpr,
                 GQA: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
                 DIRECT: tl.constexpr):
     """Decode attention of the ``GQA`` query heads of KV head ``kvh`` over one KV split.
 
@@ -137,7 +142,7 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
     tile, so each K/V row is read once for all of them. With ``DIRECT`` (a
     single split) the normalised result goes straight to ``o_ptr``; otherwise the
     split's normalised partial output and base-2 log-sum-exp go to ``part_o``
-    [num_decodes, Hq, MAX_SPLITS, D] / ``part_lse`` [num_decodes, Hq, MAX_SPLITS].
+    [num_decodes, Hq, max_splits, D] / ``part_lse`` [num_decodes, Hq, max_splits].
     Returns 1 if the split held any keys (so the caller may count it), else 0.
     """
     kv_len = tl.load(seq_lens + seq)
@@ -160,20 +165,20 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
         full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
         for n0 in range(start, full_end, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, BLOCK_SIZE, PAGE_ALIGNED, False)
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
         for n0 in range(full_end, end, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, BLOCK_SIZE, PAGE_ALIGNED, True)
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
         out = acc / l_i[:, None]
         if DIRECT:
             tl.store(o_ptr + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
                      out.to(o_ptr.dtype.element_ty), mask=mask_g[:, None])
         else:
-            row = (seq * NUM_Q_HEADS + heads).to(tl.int64) * MAX_SPLITS + split  # [G_PAD]
+            row = (seq * NUM_Q_HEADS + heads).to(tl.int64) * max_splits + split  # [G_PAD]
             tl.store(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], out,
                      mask=mask_g[:, None])
             tl.store(part_lse + row, m_i + tl.math.log2(l_i), mask=mask_g)
@@ -182,8 +187,8 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
 
 @triton.jit
 def combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, split_len,
-                 stride_ot, stride_oh,
-                 NUM_Q_HEADS: tl.constexpr, MAX_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                 max_splits, stride_ot, stride_oh,
+                 NUM_Q_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr,
                  HEAD_DIM: tl.constexpr, CACHE: tl.constexpr):
     """Merge one head's split partials: out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m).
 
@@ -196,7 +201,7 @@ def combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, spl
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_s = offs_s < n_splits
-    row = (seq * NUM_Q_HEADS + head).to(tl.int64) * MAX_SPLITS + offs_s  # [SPLITS_PAD]
+    row = (seq * NUM_Q_HEADS + head).to(tl.int64) * max_splits + offs_s  # [SPLITS_PAD]
     lse = tl.load(part_lse + row, mask=mask_s, other=float("-inf"), cache_modifier=CACHE)
     m = tl.max(lse, 0)
     w = tl.where(mask_s, tl.math.exp2(lse - m), 0.0)  # [SPLITS_PAD]
