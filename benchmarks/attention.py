@@ -119,15 +119,36 @@ def sdpa_backends(dry: bool = False):
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def sdpa_call(backend, q, k, v, causal):
+def sdpa_call(backend, q, k, v, causal, gqa=False):
     """SDPA on [B, H, L, D] views; ``causal`` is None, "square" or a lower-right CausalBias."""
     from torch.nn.attention import sdpa_kernel
     with sdpa_kernel([backend]):
         if causal is None:
-            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         if causal == "square":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+
+
+def sdpa_prefill_fn(be, dense, chunks):
+    """A prefill call for backend ``be``: native GQA where the backend takes it, else
+    the materialised per-head KV (probed once here, not inside the timed call)."""
+    from torch.nn.attention.bias import causal_lower_right
+    plan = []
+    for (q, k, v, ke, ve), (p, c) in zip(dense, chunks):
+        if p == 0:
+            try:
+                sdpa_call(be, q, k, v, "square", gqa=True)
+                plan.append((q, k, v, "square", True))
+            except RuntimeError:
+                plan.append((q, ke, ve, "square", False))
+        else:
+            plan.append((q, ke, ve, causal_lower_right(c, p + c), False))
+
+    def run():
+        for q, k, v, mask, gqa in plan:
+            sdpa_call(be, q, k, v, mask, gqa)
+    return run
 
 
 def best_sdpa(make_call, rotations, dry) -> tuple[float | None, str, dict]:
@@ -213,14 +234,20 @@ class Inputs:
                 k = self._gather(self.k_cache, r, s).transpose(0, 1)[None]
                 v = self._gather(self.v_cache, r, s).transpose(0, 1)[None]
                 q = self.q[r][cu:cu + qlen].transpose(0, 1)[None]
-                d["prefill"].append((q, k.contiguous(), v.contiguous()))
+                g = self.hq // self.hkv
+                # SDPA's lower-right causal mask path has no GQA: materialise the
+                # KV per query head for it (not timed; prefill is compute-bound).
+                d["prefill"].append((q, k.contiguous(), v.contiguous(),
+                                     k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)))
             cu += qlen
         if self.nd:
             ctxs = set(self.seq_lens_list[:self.nd])
             assert len(ctxs) == 1, "dense decode baseline needs one context length"
             k = torch.stack([self._gather(self.k_cache, r, s) for s in range(self.nd)])
             v = torch.stack([self._gather(self.v_cache, r, s) for s in range(self.nd)])
-            q = self.q[r][:self.nd][:, :, None, :]  # [nd, Hq, 1, D]
+            # GQA decode as MHA: the G query heads of a KV head become G query rows
+            # of that head (no mask in decode), so every backend reads KV once.
+            q = self.q[r][:self.nd].view(self.nd, self.hkv, self.hq // self.hkv, HEAD_DIM)
             d["decode"] = (q, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
         return d
 
@@ -270,14 +297,10 @@ def streams_call(calls, dry):
 
 
 def sdpa_prefill_maker(x: Inputs):
-    from torch.nn.attention.bias import causal_lower_right
-
     def make(be):
-        def run(r):
-            for (q, k, v), (p, c) in zip(x.dense[r]["prefill"], x.chunks):
-                mask = "square" if p == 0 else causal_lower_right(c, p + c)
-                sdpa_call(be, q, k, v, mask)
-        return run
+        runs = [sdpa_prefill_fn(be, x.dense[r]["prefill"], x.chunks)
+                for r in range(x.rotations)]
+        return lambda r: runs[r]()
     return make
 
 
@@ -394,6 +417,71 @@ def run_decode_section(dtype, device, dry, copy_bw):
     return rows
 
 
+PREFILL_TUNE = [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 4, 3),
+                (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 2)]  # BM, BN, warps, stages
+DECODE_TUNE = [(64, 4, 4), (64, 4, 2), (64, 4, 3), (32, 4, 4), (128, 4, 3), (64, 8, 4),
+               (128, 8, 3), (16, 4, 6)]  # BN, warps, stages
+POD_TUNE = [(64, 64, 64, 4, 2), (64, 64, 64, 4, 3), (64, 32, 64, 4, 3), (128, 64, 64, 8, 2),
+            (64, 64, 128, 4, 2), (64, 64, 32, 4, 3), (128, 32, 64, 8, 2)]  # BM, BNP, BND, w, s
+
+
+def run_tune_section(dtype, device, dry, block_size):
+    """Time tile-shape variants of each kernel on representative shapes (pick defaults)."""
+    out = {"prefill": [], "decode": [], "pod": []}
+    hq, hkv = MODELS["L3-8B-TP1"]
+    for bs in (block_size, None):
+        x = Inputs(hq, hkv, [], [(6144, 2048)] if not dry else [(30, 20)], bs, dtype, device,
+                   1 if dry else 2, dense=False)
+        for bm, bn, w, st in PREFILL_TUNE[:2 if dry else None]:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+
+            def fn(r, cfg=cfg):
+                prefill_attention(x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens,
+                                  x.cu, 0, x.max_query_len, out=x.out[r], config=cfg)
+            try:
+                ms, _ = time_ms(fn, x.rotations, dry)
+                out["prefill"].append(dict(block_size=bs, cfg=cfg, ms=ms))
+            except Exception as e:
+                out["prefill"].append(dict(block_size=bs, cfg=cfg, ms=f"n/a {e}"[:100]))
+        del x
+    for nd, ctx in ((64, 8192), (256, 4096)) if not dry else ((3, 100),):
+        x = Inputs(hq, hkv, [ctx] * nd, [], block_size, dtype, device, 1 if dry else 2,
+                   dense=False)
+        for bn, w, st in DECODE_TUNE[:2 if dry else None]:
+            cfg = dict(BLOCK_N=bn, num_warps=w, num_stages=st)
+
+            def fn(r, cfg=cfg):
+                decode_attention(x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens,
+                                 x.cu, x.nd, x.max_decode_len, out=x.out[r], config=cfg)
+            try:
+                ms, _ = time_ms(fn, x.rotations, dry)
+                out["decode"].append(dict(shape=f"{nd}x{ctx}", cfg=cfg, ms=ms,
+                                          tbs=2 * 2 * hkv * HEAD_DIM * nd * ctx / ms / 1e9))
+            except Exception as e:
+                out["decode"].append(dict(shape=f"{nd}x{ctx}", cfg=cfg, ms=f"n/a {e}"[:100]))
+        del x
+    for chunk, prefix, nd, ctx in ((512, 4096, 64, 4096), (1024, 8192, 32, 8192)) \
+            if not dry else ((20, 30, 3, 70),):
+        x = Inputs(hq, hkv, [ctx] * nd, [(prefix, chunk)], block_size, dtype, device,
+                   1 if dry else 2, dense=False)
+        for bm, bnp, bnd, w, st in POD_TUNE[:2 if dry else None]:
+            cfg = dict(BLOCK_M=bm, BLOCK_N_P=bnp, BLOCK_N_D=bnd, num_warps=w, num_stages=st)
+            for splits in (None, 1):
+                def fn(r, cfg=cfg, splits=splits):
+                    pod_attention(x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens,
+                                  x.cu, x.nd, x.max_query_len, x.max_decode_len,
+                                  out=x.out[r], config=cfg, num_splits=splits)
+                try:
+                    ms, _ = time_ms(fn, x.rotations, dry)
+                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=cfg,
+                                           splits=splits, ms=ms))
+                except Exception as e:
+                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=cfg,
+                                           splits=splits, ms=f"n/a {e}"[:100]))
+        del x
+    return out
+
+
 def check_correctness(dtype, device, dry):
     """Small float64-referenced check that runs before any timing."""
     hq, hkv = MODELS["L3-8B-TP1"]
@@ -409,13 +497,20 @@ def check_correctness(dtype, device, dry):
     # The SDPA baseline must compute the same function (lower-right causal mask, GQA).
     y = Inputs(hq, hkv, [shapes[0][1]] * 3, shapes[1], 16, dtype, device, 1)
     ref = attention_ref(y.q[0], y.k_cache, y.v_cache, y.block_tables[0], y.seq_lens, y.cu)
-    be = next(iter(sdpa_backends(dry).values())) if dry else sdpa_backends()["efficient"]
     from torch.nn.attention.bias import causal_lower_right
-    (q, k, v), (p, c) = y.dense[0]["prefill"][0], y.chunks[0]
-    o = sdpa_call(be, q, k, v, causal_lower_right(c, p + c))[0].transpose(0, 1)
-    errs["sdpa_prefill"] = rel_err(o, ref[y.nd:])
-    q, k, v = y.dense[0]["decode"]
-    errs["sdpa_decode"] = rel_err(sdpa_call(be, q, k, v, None)[:, :, 0], ref[:y.nd])
+    for name, be in sdpa_backends(dry).items():
+        (q, k, v, ke, ve), (p, c) = y.dense[0]["prefill"][0], y.chunks[0]
+        try:
+            o = sdpa_call(be, q, ke, ve, causal_lower_right(c, p + c))[0].transpose(0, 1)
+            errs[f"sdpa_{name}_prefill"] = rel_err(o, ref[y.nd:])
+        except RuntimeError as e:
+            errs[f"sdpa_{name}_prefill"] = f"n/a: {str(e).splitlines()[0][:60]}"
+        q, k, v = y.dense[0]["decode"]
+        try:
+            o = sdpa_call(be, q, k, v, None).reshape(y.nd, hq, HEAD_DIM)
+            errs[f"sdpa_{name}_decode"] = rel_err(o, ref[:y.nd])
+        except RuntimeError as e:
+            errs[f"sdpa_{name}_decode"] = f"n/a: {str(e).splitlines()[0][:60]}"
     return errs
 
 
@@ -484,6 +579,11 @@ def main() -> None:
     copy_bw = copy_bandwidth(device, dry)
     result["copy_bandwidth_tbs"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
+    if "tune" in sections:
+        result["tune"] = run_tune_section(dtype, device, dry, bs)
+        for k, rows in result["tune"].items():
+            for r in rows:
+                print("tune", k, json.dumps(r, default=str), flush=True)
     if "prefill" in sections:
         result["prefill"] = run_prefill_section(dtype, device, dry)
         for r in result["prefill"]:
@@ -497,7 +597,13 @@ def main() -> None:
         cfgs = DRY if dry else (QUICK if a.quick else HYBRID)
         rows = []
         for cfg in cfgs:
-            r = run_hybrid(cfg, bs, dtype, device, dry)
+            try:
+                r = run_hybrid(cfg, bs, dtype, device, dry)
+            except Exception as e:  # record and go on: one bad config must not void the run
+                import traceback
+                traceback.print_exc()
+                result.setdefault("errors", []).append(f"{cfg}: {type(e).__name__}: {e}")
+                continue
             rows.append(r)
             print("hybrid", json.dumps({k: v for k, v in r.items() if k != "sdpa_detail"}),
                   flush=True)
