@@ -253,7 +253,8 @@ class Inputs:
 
 
 # ---------------------------------------------------------------------------- methods
-def own_calls(x: Inputs, policy="proportional"):
+def own_calls(x: Inputs, policy=None):
+    policy = policy or POD_POLICY
     def args(r):
         return (x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens, x.cu)
 
@@ -269,13 +270,14 @@ def own_calls(x: Inputs, policy="proportional"):
 
     def pod(r, pol=policy):
         pod_attention(*args(r), x.nd, x.max_query_len, x.max_decode_len, out=x.out[r],
-                      policy=pol)
+                      policy=pol, config=POD_CFG)
 
     def folded(r):
         prefill_attention(*args(r), 0, max(x.query_lens), out=x.out[r])
 
     return dict(decode=decode, prefill=prefill, serial=serial, pod=pod,
-                pod_even=lambda r: pod(r, "even"), folded=folded)
+                pod_even=lambda r: pod(r, "even"), pod_prop=lambda r: pod(r, "proportional"),
+                pod_occ=lambda r: pod(r, "occupancy"), folded=folded)
 
 
 def streams_call(calls, dry):
@@ -334,8 +336,12 @@ def run_hybrid(cfg, block_size, dtype, device, dry):
     calls["pod"](0)
     res["pod_vs_serial_rel_err"] = rel_err(x.out[0], ser)
     modes = {}
-    for name in ("pod", "pod_even", "serial", "folded", "prefill", "decode"):
+    for name in ("pod_even", "pod_prop", "pod_occ", "serial", "folded", "prefill", "decode"):
         res[name], modes[name] = time_ms(calls[name], rot, dry)
+    # "pod" is the fused kernel with the policy chosen up front (not the best of three)
+    res["pod"] = res[{"even": "pod_even", "proportional": "pod_prop",
+                      "occupancy": "pod_occ"}[POD_POLICY]]
+    res["pod_policy"] = POD_POLICY
     res["streams"], modes["streams"] = time_ms(streams_call(calls, dry), rot, dry)
     tp, pname, ptried = best_sdpa(sdpa_prefill_maker(x), rot, dry)
     td, dname, dtried = best_sdpa(sdpa_decode_maker(x), rot, dry)
@@ -421,15 +427,20 @@ PREFILL_TUNE = [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 4,
                 (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 2)]  # BM, BN, warps, stages
 DECODE_TUNE = [(64, 4, 4), (64, 4, 2), (64, 4, 3), (32, 4, 4), (128, 4, 3), (64, 8, 4),
                (128, 8, 3), (16, 4, 6)]  # BN, warps, stages
-POD_TUNE = [(64, 64, 64, 4, 2), (64, 64, 64, 4, 3), (64, 32, 64, 4, 3), (128, 64, 64, 8, 2),
-            (64, 64, 128, 4, 2), (64, 64, 32, 4, 3), (128, 32, 64, 8, 2)]  # BM, BNP, BND, w, s
+# BM, BNP, BND, warps, stages, maxnreg; the register cap sets programs per SM
+# (sm_90 compile report: 208 regs -> 2, 168 -> 3, 128 -> 4 programs of 4 warps).
+POD_TUNE = [(64, 64, 64, 4, 2, None), (64, 64, 128, 4, 2, None), (64, 32, 64, 4, 2, None),
+            (64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 1, 168), (64, 64, 128, 4, 1, 168)]
+POD_TUNE_SHAPES = [(512, 4096, 64, 4096), (1024, 16384, 16, 16384)]  # chunk, prefix, nd, ctx
+POD_CFG: dict | None = None  # set by the tune section when it runs; else pod_config()
+POD_POLICY = "proportional"  # likewise
 
 
-def run_tune_section(dtype, device, dry, block_size):
+def run_tune_section(dtype, device, dry, block_size, kernels=("prefill", "decode", "pod")):
     """Time tile-shape variants of each kernel on representative shapes (pick defaults)."""
     out = {"prefill": [], "decode": [], "pod": []}
     hq, hkv = MODELS["L3-8B-TP1"]
-    for bs in (block_size, None):
+    for bs in (block_size, None) if "prefill" in kernels else ():
         x = Inputs(hq, hkv, [], [(6144, 2048)] if not dry else [(30, 20)], bs, dtype, device,
                    1 if dry else 2, dense=False)
         for bm, bn, w, st in PREFILL_TUNE[:2 if dry else None]:
@@ -444,7 +455,10 @@ def run_tune_section(dtype, device, dry, block_size):
             except Exception as e:
                 out["prefill"].append(dict(block_size=bs, cfg=cfg, ms=f"n/a {e}"[:100]))
         del x
-    for nd, ctx in ((64, 8192), (256, 4096)) if not dry else ((3, 100),):
+    for nd, ctx in ((64, 8192), (256, 4096)) if "decode" not in kernels else \
+            ((64, 8192), (256, 4096)) if not dry else ((3, 100),):
+        if "decode" not in kernels:
+            break
         x = Inputs(hq, hkv, [ctx] * nd, [], block_size, dtype, device, 1 if dry else 2,
                    dense=False)
         for bn, w, st in DECODE_TUNE[:2 if dry else None]:
@@ -460,26 +474,66 @@ def run_tune_section(dtype, device, dry, block_size):
             except Exception as e:
                 out["decode"].append(dict(shape=f"{nd}x{ctx}", cfg=cfg, ms=f"n/a {e}"[:100]))
         del x
-    for chunk, prefix, nd, ctx in ((512, 4096, 64, 4096), (1024, 8192, 32, 8192)) \
-            if not dry else ((20, 30, 3, 70),):
+    for chunk, prefix, nd, ctx in (POD_TUNE_SHAPES if not dry else ((20, 30, 3, 70),)) \
+            if "pod" in kernels else ():
         x = Inputs(hq, hkv, [ctx] * nd, [(prefix, chunk)], block_size, dtype, device,
                    1 if dry else 2, dense=False)
-        for bm, bnp, bnd, w, st in POD_TUNE[:2 if dry else None]:
-            cfg = dict(BLOCK_M=bm, BLOCK_N_P=bnp, BLOCK_N_D=bnd, num_warps=w, num_stages=st)
-            for splits in (None, 1):
-                def fn(r, cfg=cfg, splits=splits):
+        for bm, bnp, bnd, w, st, mr in POD_TUNE[:2 if dry else None]:
+            cfg = dict(BLOCK_M=bm, BLOCK_N_P=bnp, BLOCK_N_D=bnd, num_warps=w, num_stages=st,
+                       maxnreg=mr)
+            for policy in ("proportional", "occupancy"):
+                def fn(r, cfg=cfg, policy=policy):
                     pod_attention(x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens,
                                   x.cu, x.nd, x.max_query_len, x.max_decode_len,
-                                  out=x.out[r], config=cfg, num_splits=splits)
+                                  out=x.out[r], config=cfg, policy=policy)
+                key = dict(cfg, policy=policy)
                 try:
                     ms, _ = time_ms(fn, x.rotations, dry)
-                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=cfg,
-                                           splits=splits, ms=ms))
+                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=key,
+                                           ms=ms))
                 except Exception as e:
-                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=cfg,
-                                           splits=splits, ms=f"n/a {e}"[:100]))
+                    out["pod"].append(dict(shape=f"{chunk}@{prefix}+{nd}x{ctx}", cfg=key,
+                                           ms=f"n/a {e}"[:100]))
         del x
     return out
+
+
+def pick_pod_config(rows) -> dict | None:
+    """The POD config with the lowest geometric-mean time over the tuning shapes."""
+    by = {}
+    for r in rows:
+        if isinstance(r["ms"], float):
+            by.setdefault(json.dumps(r["cfg"], sort_keys=True), []).append(r["ms"])
+    n = max((len(v) for v in by.values()), default=0)
+    full = {k: geomean(v) for k, v in by.items() if len(v) == n}
+    return json.loads(min(full, key=full.get)) if full else None
+
+
+def pod_resources(cfg: dict) -> dict:
+    """Registers, spills, shared memory and programs/SM of the POD kernel for ``cfg``."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import triton
+    from compile_report import ASTSource, GPUTarget, _signature, occupancy, resources
+    from podserve.kernels.pod import _pod_kernel
+    import inspect
+    params = inspect.signature(_pod_kernel.fn).parameters
+    ints = {n for n in params if n.startswith(("stride", "num_", "split_len", "ratio",
+                                               "bt_stride", "block_size", "max_splits"))}
+    cex = dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, SPLIT=True, SPLITS_PAD=4, GQA=4, G_PAD=16,
+               HEAD_DIM=128, BLOCK_M=cfg["BLOCK_M"], BLOCK_N_P=cfg["BLOCK_N_P"],
+               BLOCK_N_D=cfg["BLOCK_N_D"], ALIGNED_P=False, ALIGNED_D=False, NUM_SMS=132,
+               CTR_PAD=256, INTERPRET=False, OCCUPANCY=True)
+    sig = _signature(_pod_kernel, "bf16", ints, {"qk_scale"}, cex)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(sig)
+             if sig[n].startswith("*") or n.startswith("stride") or n == "bt_stride"}
+    opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg.get("maxnreg"):
+        opts["maxnreg"] = cfg["maxnreg"]
+    k = triton.compile(ASTSource(_pod_kernel, sig, constexprs=cex, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=opts)
+    regs, spill = resources(k)
+    return dict(regs=regs, spill_or_stack=spill, shared=k.metadata.shared,
+                programs_per_sm=occupancy(regs, k.metadata.shared, cfg["num_warps"]))
 
 
 def check_correctness(dtype, device, dry):
@@ -490,7 +544,7 @@ def check_correctness(dtype, device, dry):
     ref = attention_ref(x.q[0], x.k_cache, x.v_cache, x.block_tables[0], x.seq_lens, x.cu)
     calls = own_calls(x)
     errs = {}
-    for name in ("serial", "pod", "pod_even", "folded"):
+    for name in ("serial", "pod_prop", "pod_even", "pod_occ", "folded"):
         x.out[0].fill_(float("nan"))
         calls[name](0)
         errs[name] = rel_err(x.out[0], ref)
@@ -520,13 +574,15 @@ def fmt(v, spec=".3f"):
 
 
 def hybrid_table(rows) -> str:
-    head = ("| model | chunk@prefix | decodes x ctx | pod | pod_even | serial | streams | folded "
-            "| sdpa | prefill | decode | pod/serial speedup | vs best alt | pod/max(p,d) |")
-    lines = [head, "|" + "---|" * 14]
+    head = ("| model | chunk@prefix | decodes x ctx | pod | even | prop | occ | serial | streams "
+            "| folded | sdpa | prefill | decode | pod/serial speedup | vs best alt "
+            "| pod/max(p,d) |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['chunk']}@{r['prefix']} | {r['decodes']}x{r['ctx']} "
-            f"| {fmt(r['pod'])} | {fmt(r['pod_even'])} | {fmt(r['serial'])} "
+            f"| {fmt(r['pod'])} | {fmt(r['pod_even'])} | {fmt(r['pod_prop'])} "
+            f"| {fmt(r['pod_occ'])} | {fmt(r['serial'])} "
             f"| {fmt(r['streams'])} | {fmt(r['folded'])} | {fmt(r['sdpa'])} "
             f"| {fmt(r['prefill'])} | {fmt(r['decode'])} | {r['speedup_vs_serial']:.2f}x "
             f"| {r['speedup_vs_best_alt']:.2f}x ({r['best_alt']}) "
@@ -572,6 +628,11 @@ def main() -> None:
         info.update(device=torch.cuda.get_device_name(), triton=triton.__version__,
                     sms=torch.cuda.get_device_properties(0).multi_processor_count)
     result = dict(info=info)
+    os.makedirs(a.out, exist_ok=True)
+
+    def save():  # after every section/config, so a run cut short keeps what it measured
+        with open(os.path.join(a.out, "attention.json"), "w") as f:
+            json.dump(result, f, indent=1, default=str)
     print(json.dumps(info), flush=True)
     if "correct" in sections:
         result["correctness_rel_err_vs_fp64"] = check_correctness(dtype, device, dry)
@@ -579,17 +640,34 @@ def main() -> None:
     copy_bw = copy_bandwidth(device, dry)
     result["copy_bandwidth_tbs"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
-    if "tune" in sections:
-        result["tune"] = run_tune_section(dtype, device, dry, bs)
+    tune = [k for k in ("prefill", "decode", "pod") if "tune" in sections
+            or f"tune_{k}" in sections]
+    if tune:
+        global POD_CFG
+        result["tune"] = run_tune_section(dtype, device, dry, bs, tune)
+        save()
         for k, rows in result["tune"].items():
             for r in rows:
                 print("tune", k, json.dumps(r, default=str), flush=True)
+        if "pod" in tune:
+            global POD_POLICY
+            picked = pick_pod_config(result["tune"]["pod"])
+            if picked:
+                POD_POLICY = picked.pop("policy")
+                POD_CFG = picked
+            result["pod_config_picked"] = dict(config=POD_CFG, policy=POD_POLICY)
+            print("pod config picked", POD_CFG, POD_POLICY, flush=True)
+            if not dry:
+                result["pod_compile_report"] = pod_resources(POD_CFG)
+                print("pod compile report", result["pod_compile_report"], flush=True)
     if "prefill" in sections:
         result["prefill"] = run_prefill_section(dtype, device, dry)
+        save()
         for r in result["prefill"]:
             print("prefill", json.dumps(r), flush=True)
     if "decode" in sections:
         result["decode"] = run_decode_section(dtype, device, dry, copy_bw)
+        save()
         for r in result["decode"]:
             print("decode", json.dumps({k: v for k, v in r.items() if k != "sdpa_tried"}),
                   flush=True)
@@ -605,14 +683,14 @@ def main() -> None:
                 result.setdefault("errors", []).append(f"{cfg}: {type(e).__name__}: {e}")
                 continue
             rows.append(r)
+            result["hybrid"] = rows
+            save()
             print("hybrid", json.dumps({k: v for k, v in r.items() if k != "sdpa_detail"}),
                   flush=True)
             torch.cuda.empty_cache() if not dry else None
         result["hybrid"] = rows
         result["summary"] = summary(rows)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "attention.json"), "w") as f:
-        json.dump(result, f, indent=1, default=str)
+    save()
     # compact tables last (the device tool returns the tail of the output)
     if "prefill" in sections:
         print("\nprefill TFLOP/s (L3-8B TP1 heads, causal):")

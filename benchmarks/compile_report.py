@@ -107,7 +107,7 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
         HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
         BLOCK_N_D=oc["BLOCK_N_D"],
         ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
-        NUM_SMS=132, CTR_PAD=256, INTERPRET=False), oc["num_warps"], oc["num_stages"], dtype,
+        NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=True), oc["num_warps"], oc["num_stages"], dtype,
         block_size)
     rows.append(("pod", oc["num_warps"], k))
     out = []

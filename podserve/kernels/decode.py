@@ -8,8 +8,9 @@ from .utils import LOG2E, check_cache, device_sms, interpreting, next_pow2, spli
 
 
 def decode_config(head_dim: int) -> dict:
-    """Tile shape for decode programs: 64 keys a step, 4 warps, 4-deep load pipeline."""
-    return dict(BLOCK_N=64, num_warps=4, num_stages=4)
+    """Tile shape for decode programs: 64 keys a step, 4 warps, 2-deep load pipeline
+    (on an H100 within 1-5% of the best of 8 shapes at 64x8K and 256x4K, paged)."""
+    return dict(BLOCK_N=64, num_warps=4, num_stages=2)
 
 
 @triton.jit
@@ -92,6 +93,8 @@ def decode_attention(
     else:
         part_o = part_lse = out  # unused when DIRECT
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg.get("maxnreg") and not interpreting():
+        kw["maxnreg"] = cfg["maxnreg"]
     _decode_kernel[(num_splits, num_kv_heads, num_decodes)](
         q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         split_len, num_splits,

@@ -127,7 +127,7 @@ def test_decode_matches_reference(gqa, block_size, num_splits):
 # ----------------------------------------------------------------------------- POD
 @pytest.mark.parametrize("gqa,block_size,policy,num_splits", [
     (1, 16, "even", 1), (4, None, "proportional", 3), (8, 16, "proportional", None),
-    (4, 16, "even", None), (1, None, "proportional", 3), (8, None, "even", 1)])
+    (4, 16, "occupancy", None), (1, None, "occupancy", 3), (8, None, "even", 1)])
 def test_pod_equals_reference_and_serial(gqa, block_size, policy, num_splits):
     hkv = 1 if gqa == 8 else 2
     b = make_batch([5, 64, 130], [(70, 40), (0, 19)], hkv * gqa, hkv, 64, block_size, DT, DEV)
@@ -219,7 +219,7 @@ def test_gpu_all_kernels_vs_float64(dtype, hq, hkv):
     prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
                       nd, b.max_query_len, out=out)
     assert rel_err(out, ref) < 1e-2
-    for policy in ("even", "proportional"):
+    for policy in ("even", "proportional", "occupancy"):
         pod = poisoned(b.q)
         pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
                       nd, b.max_query_len, b.max_decode_len, out=pod, policy=policy)
