@@ -430,7 +430,8 @@ DECODE_TUNE = [(64, 4, 4), (64, 4, 2), (64, 4, 3), (32, 4, 4), (128, 4, 3), (64,
 # BM, BNP, BND, warps, stages, maxnreg; the register cap sets programs per SM
 # (sm_90 compile report: 208 regs -> 2, 168 -> 3, 128 -> 4 programs of 4 warps).
 POD_TUNE = [(64, 64, 64, 4, 2, None), (64, 64, 128, 4, 2, None), (64, 32, 64, 4, 2, None),
-            (64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 1, 168), (64, 64, 128, 4, 1, 168)]
+            (64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 1, 168), (64, 64, 128, 4, 1, 168),
+            (128, 64, 64, 8, 2, None)]
 POD_TUNE_SHAPES = [(512, 4096, 64, 4096), (1024, 16384, 16, 16384)]  # chunk, prefix, nd, ctx
 POD_CFG: dict | None = None  # set by the tune section when it runs; else pod_config()
 POD_POLICY = "proportional"  # likewise
