@@ -434,7 +434,7 @@ POD_TUNE = [(64, 64, 64, 4, 2, None), (64, 64, 128, 4, 2, None), (64, 32, 64, 4,
             (128, 64, 64, 8, 2, None)]
 POD_TUNE_SHAPES = [(512, 4096, 64, 4096), (1024, 16384, 16, 16384)]  # chunk, prefix, nd, ctx
 POD_CFG: dict | None = None  # set by the tune section when it runs; else pod_config()
-POD_POLICY = "proportional"  # likewise
+POD_POLICY = "even"  # likewise (the kernel's default)
 
 
 def run_tune_section(dtype, device, dry, block_size, kernels=("prefill", "decode", "pod")):

@@ -19,12 +19,14 @@ from .base import AttentionBackend, AttentionMetadata
 from .triton import attend_serial
 
 # Measured on one H100 SXM (benchmarks/attention.py; see docs/benchmarks-attention.md).
-PREFILL_FLOPS = 3.0e14
-"""Causal chunked-prefill rate of the standalone prefill kernel (FLOP/s)."""
-DECODE_BYTES_PER_S = 2.5e12
-"""KV read rate of the standalone decode kernel (bytes/s)."""
+PREFILL_FLOPS = 3.2e14
+"""Chunked-prefill rate of the standalone prefill kernel (FLOP/s; 320-380 measured)."""
+DECODE_BYTES_PER_S = 2.9e12
+"""KV read rate of the standalone decode kernel, paged (bytes/s; 2.9-3.0 measured)."""
 FUSE_MIN_GAIN = 1.15
-"""Smallest (t_p + t_d) / max(t_p, t_d) at which the fused kernel is used."""
+"""Smallest estimated (t_p + t_d) / max(t_p, t_d) at which the fused kernel is used:
+on the H100 sweep POD lost to serial (0.98x) at a bound of 1.06, gained 3-4% at
+1.19-1.21 and 9-31% from 1.27 up."""
 
 
 def estimate_times(meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int,
@@ -54,9 +56,9 @@ class PodAttention(AttentionBackend):
 
     name = "pod"
 
-    def __init__(self, policy: str = "proportional", always_fuse: bool = False) -> None:
+    def __init__(self, policy: str = "even", always_fuse: bool = False) -> None:
         self.policy = policy
-        """Ticket ratio policy of the POD kernel: ``"proportional"`` or ``"even"``."""
+        """Role policy of the POD kernel: ``"even"``, ``"proportional"`` or ``"occupancy"``."""
         self.always_fuse = always_fuse
         """Skip the selection rule (fuse every hybrid batch); for tests and benchmarks."""
 

@@ -25,12 +25,13 @@ How a program picks its work (after POD-Attention, arXiv 2410.18038, in Triton):
    a memset or an allocation. One workspace per device; launches that share it
    must be stream-ordered.
 
-Resource budget (H100, D=128, bf16; from ``pod_compile_report`` / Triton's
-``n_regs`` and ``metadata.shared``, see docs/benchmarks-attention.md): a program
-is 4 warps; the prefill tile is 64x64 with a 2-stage K/V pipeline. Both roles
+Resource budget (H100, D=128, bf16; Triton's ``n_regs`` / ``metadata.shared``
+via benchmarks/compile_report.py, see docs/benchmarks-attention.md): both roles
 share one compiled kernel, so registers and shared memory are the max of the
-two paths; the tile shapes are chosen so at least two programs (one prefill
-and one decode) fit on an SM together.
+two paths and ``num_warps`` is common to both. Default: 4 warps, registers
+capped at 128 a thread (65536 / (128 x 128) = 4 programs by registers), 48 KiB
+shared memory (4 x 49 KiB < 228 KiB), so four programs, e.g. two prefill and two
+decode, are resident on every SM at once.
 """
 import torch
 import triton
@@ -41,8 +42,17 @@ from .utils import LOG2E, check_cache, device_sms, interpreting, next_pow2, spli
 
 
 def pod_config(head_dim: int) -> dict:
-    """One config for both roles: 4 warps so a prefill and a decode program co-reside."""
-    return dict(BLOCK_M=64, BLOCK_N_P=64, BLOCK_N_D=64, num_warps=4, num_stages=2)
+    """One config for both roles: 4 warps, registers capped at 128 a thread.
+
+    Picked on an H100 from 7 shapes x 2 policies (benchmarks/attention.py
+    ``tune_pod``, geometric mean over a decode-heavy and a prefill-heavy batch):
+    64-row prefill tiles over 32-key steps, 64-key decode steps, 2 stages;
+    128 registers (14 bytes of stack spill), 48 KiB shared memory -> 4 programs
+    per SM, so two prefill and two decode programs can share an SM. The uncapped
+    64x64 shape (200 registers, 80 KiB) fits only 2 per SM and was 8-15% slower.
+    """
+    return dict(BLOCK_M=64, BLOCK_N_P=32, BLOCK_N_D=64, num_warps=4, num_stages=2,
+                maxnreg=128)
 
 
 @triton.jit
@@ -200,7 +210,7 @@ def pod_attention(
     max_decode_seq_len: int,
     scale: float | None = None,
     out: torch.Tensor | None = None,  # [num_tokens, num_q_heads, head_dim]
-    policy: str = "proportional",
+    policy: str = "even",
     num_splits: int | None = None,
     config: dict | None = None,
     workspace: PodWorkspace | None = None,
