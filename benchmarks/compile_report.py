@@ -19,7 +19,7 @@ from triton.compiler import ASTSource
 
 from podserve.kernels.decode import _decode_kernel, decode_config
 from podserve.kernels.pod import _pod_kernel, pod_config
-from podserve.kernels.prefill import _prefill_kernel, prefill_config
+from podserve.kernels.prefill import SMALL_GRID_CONFIG, _prefill_kernel, prefill_config
 
 H100 = dict(regs=65536, smem=228 * 1024, threads=2048, programs=32)
 
@@ -43,7 +43,7 @@ def _signature(fn, dtype: str, ints: set[str], floats: set[str], constexprs: dic
 
 
 def compile_one(fn, constexprs: dict, num_warps: int, num_stages: int, dtype: str = "bf16",
-                block_size: int = 16):
+                block_size: int = 16, maxnreg: int | None = None):
     """Compile ``fn`` for sm_90; returns the CompiledKernel (n_regs, metadata.shared)."""
     params = inspect.signature(fn.fn).parameters
     ints = {n for n in params if n.startswith(("stride", "num_", "first_", "split_len",
@@ -56,8 +56,10 @@ def compile_one(fn, constexprs: dict, num_warps: int, num_stages: int, dtype: st
              if sig[n].startswith("*") or n.startswith("stride") or n == "bt_stride"
              or (n == "block_size" and block_size % 16 == 0)}
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+    opts = dict(num_warps=num_warps, num_stages=num_stages)
+    if maxnreg:
+        opts["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
 def resources(k) -> tuple[int, int]:
@@ -93,6 +95,12 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
                                           PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0),
                     pc["num_warps"], pc["num_stages"], dtype, block_size)
     rows.append(("prefill", pc["num_warps"], k))
+    sc = SMALL_GRID_CONFIG
+    k = compile_one(_prefill_kernel, dict(GQA=gqa, HEAD_DIM=head_dim, BLOCK_M=sc["BLOCK_M"],
+                                          BLOCK_N=sc["BLOCK_N"],
+                                          PAGE_ALIGNED=block_size % sc["BLOCK_N"] == 0),
+                    sc["num_warps"], sc["num_stages"], dtype, block_size)
+    rows.append(("prefill_small_grid", sc["num_warps"], k))
     dc = decode_config(head_dim)
     g_pad = max(16, triton.next_power_of_2(gqa))
     k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=g_pad,
@@ -108,7 +116,7 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
         BLOCK_N_D=oc["BLOCK_N_D"],
         ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
         NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=True), oc["num_warps"], oc["num_stages"], dtype,
-        block_size)
+        block_size, oc.get("maxnreg"))
     rows.append(("pod", oc["num_warps"], k))
     out = []
     for name, warps, k in rows:
