@@ -6,9 +6,11 @@ the fused kernel also pays a price (smaller prefill tiles so that a prefill and
 a decode program share an SM, the ticket/claim atomics). The rule estimates
 ``t_p`` from the chunk FLOPs at the prefill kernel's measured rate and ``t_d``
 from the decodes' KV bytes at the decode kernel's measured bandwidth, and fuses
-only when the bound exceeds ``FUSE_MIN_GAIN``, the smallest bound at which POD
-beat the serial pair on the H100 sweep (docs/benchmarks-attention.md). Batches
-with only one side, or with a side too small to hide, run the serial kernels.
+only when the bound reaches ``FUSE_MIN_GAIN``, set between the measured bounds at
+which POD tied the serial pair (1.06) and first beat it (1.21) on the H100 sweep
+(docs/benchmarks-attention.md).
+Batches with only one side, or with a side too small to hide, run the serial
+kernels.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ DECODE_BYTES_PER_S = 2.9e12
 """KV read rate of the standalone decode kernel, paged (bytes/s; 2.9-3.0 measured)."""
 FUSE_MIN_GAIN = 1.15
 """Smallest estimated (t_p + t_d) / max(t_p, t_d) at which the fused kernel is used:
-on the H100 sweep POD lost to serial (0.98x) at a bound of 1.06, gained 3-4% at
-1.19-1.21 and 9-31% from 1.27 up."""
+on the H100 sweep POD vs serial was 1.00x at a measured bound of 1.06, 1.05x at
+1.21 and 1.09-1.33x from 1.28 up."""
 
 
 def estimate_times(meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int,
