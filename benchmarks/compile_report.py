@@ -19,7 +19,7 @@ from triton.compiler import ASTSource
 
 from podserve.kernels.decode import _decode_kernel, decode_config
 from podserve.kernels.pod import _pod_kernel, pod_config
-from podserve.kernels.prefill import SMALL_GRID_CONFIG, _prefill_kernel, prefill_config
+from podserve.kernels.prefill import _prefill_kernel, prefill_config
 
 H100 = dict(regs=65536, smem=228 * 1024, threads=2048, programs=32)
 
@@ -95,12 +95,6 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
                                           PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0),
                     pc["num_warps"], pc["num_stages"], dtype, block_size)
     rows.append(("prefill", pc["num_warps"], k))
-    sc = SMALL_GRID_CONFIG
-    k = compile_one(_prefill_kernel, dict(GQA=gqa, HEAD_DIM=head_dim, BLOCK_M=sc["BLOCK_M"],
-                                          BLOCK_N=sc["BLOCK_N"],
-                                          PAGE_ALIGNED=block_size % sc["BLOCK_N"] == 0),
-                    sc["num_warps"], sc["num_stages"], dtype, block_size)
-    rows.append(("prefill_small_grid", sc["num_warps"], k))
     dc = decode_config(head_dim)
     g_pad = max(16, triton.next_power_of_2(gqa))
     k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=g_pad,

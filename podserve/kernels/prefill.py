@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import prefill_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting
+from .utils import LOG2E, check_cache, interpreting
 
 
 def prefill_config(head_dim: int) -> dict:
@@ -18,11 +18,6 @@ def prefill_config(head_dim: int) -> dict:
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
 
-
-# Used when 128-row tiles would leave SMs idle (e.g. 16 heads x 512-token chunk =
-# 64 programs on 132 SMs): half-height tiles double the programs. Within 3% of the
-# best shape on a full grid in the H100 tune (0.70 vs 0.68 ms).
-SMALL_GRID_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
 
 
 @triton.jit
@@ -77,11 +72,10 @@ def prefill_attention(
     num_prefills = seq_lens.shape[0] - num_decodes
     if num_prefills <= 0 or max_query_len <= 0:
         return out
-    cfg = prefill_config(head_dim)
-    if config is None and num_q_heads * triton.cdiv(max_query_len, cfg["BLOCK_M"]) \
-            * num_prefills < device_sms(q):
-        cfg = dict(SMALL_GRID_CONFIG)
-    cfg.update(config or {})
+    # One shape for every grid: half-height tiles for small grids (fewer than one
+    # program per SM) measured 4-18% slower on an H100 for 512/1024-token chunks,
+    # paged (see docs/benchmarks-attention.md), so they are not used.
+    cfg = dict(prefill_config(head_dim), **(config or {}))
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     num_m_tiles = triton.cdiv(max_query_len, bm)
     scale = head_dim ** -0.5 if scale is None else scale
