@@ -5,7 +5,8 @@ TP2 (32/8 and 16/4 query/KV heads) and Yi-6B (32/4), head dim 128, bf16; one
 prefill chunk of 512/1024/2048 tokens at a 4K-16K prefix next to 16-256 decodes
 at 4K-16K context. For every configuration, in the same process:
 
-- ``pod``       fused kernel, proportional ticket policy (``pod_even``: 50:50)
+- ``pod``       fused kernel with its default policy; also timed with every policy
+                (``pod_even``, ``pod_prop``, ``pod_occ``)
 - ``serial``    own decode kernel then own prefill kernel (the ``triton`` backend)
 - ``streams``   the same two kernels on two CUDA streams
 - ``folded``    decodes folded into the prefill kernel as query-length-1 chunks (one launch)
@@ -22,6 +23,8 @@ FlashAttention-2 and cuDNN backends and the decode kernel's TB/s against a
 measured device copy and SDPA.
 
     python benchmarks/attention.py --out $OUT             # full sweep (GPU)
+    python benchmarks/attention.py --sections correct,tune_pod,hybrid --out $OUT
+                                                          # pick the POD shape/policy first
     python benchmarks/attention.py --quick --out $OUT     # 4 configurations
     TRITON_INTERPRET=1 python benchmarks/attention.py --dry  # CPU: run every method once
 """
