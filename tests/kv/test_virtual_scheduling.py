@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podserve.config import SchedulerConfig
 from podserve.core.batch import ExecutorOutput
+from podserve.core.kv.paged import BlockManager
 from podserve.core.kv.virtual import VirtualKVManager
-from podserve.core.scheduler import make_scheduler
+from podserve.core.scheduler import SCHEDULERS, make_scheduler
 from podserve.request import Request, RequestStatus, SamplingParams
 
 
@@ -66,3 +68,31 @@ def test_nothing_leaks_after_finishes_aborts_and_preemptions(lengths, num_pages,
     assert kv.num_mapped_pages == still_mapped
     assert kv.reclaim_idle() == still_mapped
     assert kv.num_mapped_pages == 0
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULERS))
+def test_every_policy_schedules_identically_over_pages_and_blocks(policy):
+    """Pages sized like blocks, slots = max_num_seqs: each policy makes the same batches,
+    admissions and preemptions over VirtualKVManager as over BlockManager."""
+    rng = random.Random(3)
+    lengths = [(rng.randrange(1, 90), rng.randrange(1, 40)) for _ in range(10)]
+    prompts = [[rng.randrange(1, 100) for _ in range(p)] for p, _ in lengths]
+    config = SchedulerConfig(policy=policy, chunk_size=48, max_num_seqs=4, max_model_len=128)
+    logs = []
+    for kv in (BlockManager(14, 16, watermark=0.1), VirtualKVManager(4, 128, 16, 14, watermark=0.1)):
+        sched = make_scheduler(config, kv)
+        for i, (ids, (_, d)) in enumerate(zip(prompts, lengths)):
+            sched.add_request(Request(str(i), ids, SamplingParams(max_tokens=d, ignore_eos=True), 0.0))
+        log, steps = [], 0
+        while sched.has_unfinished() and steps < 5_000:
+            batch = sched.schedule(float(steps))
+            log.append(([(s.request_id, s.start_pos, s.num_tokens) for s in batch.seqs], list(batch.preempted_ids)))
+            if isinstance(kv, VirtualKVManager):
+                kv.take_plan()
+            sched.update(batch, ExecutorOutput([1 if s.do_sample else None for s in batch.seqs]), float(steps))
+            steps += 1
+        assert not sched.has_unfinished() and kv.num_free_blocks == kv.num_blocks
+        logs.append(log)
+    assert logs[0] == logs[1]
+    if policy in ("sarathi", "vllm", "simple-chunking"):
+        assert any(preempted for _, preempted in logs[0]), "the budget must be tight enough to preempt"
