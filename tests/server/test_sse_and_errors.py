@@ -113,3 +113,12 @@ def test_bad_requests_change_nothing(server):
     assert metric_value(text, "podserve:num_requests_running") == 0
     assert metric_value(text, "podserve:num_requests_waiting") == 0
     assert metric_value(text, "podserve:kv_cache_usage_perc") == 0
+
+
+def test_tiny_temperature_samples_greedily_instead_of_failing_the_step(server):
+    """Found by the fuzz pass: 6e-121 underflowed to 0 in float32, NaN probabilities, a 500 for the batch."""
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "ignore_eos": True}
+    tiny = post(server, "/v1/completions", {**body, "temperature": 6e-121})
+    greedy = post(server, "/v1/completions", {**body, "temperature": 0})
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]

@@ -25,6 +25,9 @@ from podserve.entrypoints.openai.protocol import (
 from podserve.request import SamplingParams
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# Temperatures below this sample greedily (vLLM's _SAMPLING_EPS). Tinier ones underflow to 0 in the
+# sampler's float32 tensor, and logits/0 makes NaN probabilities that fail the whole engine step.
+SAMPLING_EPS = 1e-5
 
 
 def sse(payload: dict | str) -> str:
@@ -106,10 +109,13 @@ class OpenAIServing:
                                    f"{max_tokens} in max_tokens). Reduce the prompt or max_tokens.", param="max_tokens")
         if req.stop_token_ids:
             self.check_token_ids(req.stop_token_ids, "stop_token_ids")
+        temperature = 1.0 if req.temperature is None else req.temperature
+        if 0 <= temperature < SAMPLING_EPS:
+            temperature = 0.0
         try:
             return SamplingParams(
                 max_tokens=max_tokens,
-                temperature=1.0 if req.temperature is None else req.temperature,
+                temperature=temperature,
                 top_p=1.0 if req.top_p is None else req.top_p,
                 top_k=-1 if req.top_k is None else req.top_k,
                 min_p=0.0 if req.min_p is None else req.min_p,
