@@ -17,12 +17,19 @@ from podserve.request import SamplingParams
 LONG = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
 
 
+@pytest.fixture(scope="module")
+def engine():
+    """One tiny engine for the module; each test leaves it empty (asserted at teardown)."""
+    return Engine(EngineConfig(model="tiny-llama"))
+
+
 @pytest.fixture()
-def async_engine():
-    ae = AsyncEngine(Engine(EngineConfig(model="tiny-llama")))
+def async_engine(engine):
+    ae = AsyncEngine(engine)
     ae.start()
     yield ae
     ae.shutdown()
+    assert not engine.has_unfinished_requests() and engine.kv.usage == 0
 
 
 async def _wait_until(predicate, timeout=10.0):
@@ -99,8 +106,8 @@ def test_idle_loop_does_not_spin(async_engine):
     assert time.process_time() - start < 0.2
 
 
-def test_queue_limit_raises_overloaded():
-    ae = AsyncEngine(Engine(EngineConfig(model="tiny-llama")), max_queue_len=2)
+def test_queue_limit_raises_overloaded(engine):
+    ae = AsyncEngine(engine, max_queue_len=2)
     # not started: nothing leaves the queue, so the third request finds it full
 
     async def main():
@@ -114,9 +121,9 @@ def test_queue_limit_raises_overloaded():
     asyncio.run(main())
 
 
-def test_exception_in_one_requests_processing_is_500_and_others_are_served(monkeypatch):
+def test_exception_in_one_requests_processing_is_500_and_others_are_served(engine, monkeypatch):
     """A fault in the HTTP layer's handling of one request (here: tokenizing its prompt)."""
-    ae = AsyncEngine(Engine(EngineConfig(model="tiny-llama")))
+    ae = AsyncEngine(engine)
     app = build_app(ae)
     tokenizer = ae.engine.tokenizer
     real_encode = tokenizer.encode

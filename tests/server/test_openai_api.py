@@ -39,6 +39,7 @@ def test_completion_non_streaming(client, server):
     assert resp.usage.prompt_tokens == len(tokens)
 
 
+@pytest.mark.slow  # loads a second copy of the model in the test process: ~40 s on 2 busy cores
 def test_completion_greedy_matches_offline_llm(client, server):
     """Same text as the engine run in-process with the same greedy params."""
     resp = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
