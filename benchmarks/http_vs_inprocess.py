@@ -1,0 +1,162 @@
+"""HTTP overhead: the same streaming workload over the OpenAI API and against the Engine in-process.
+
+For each concurrency C, C closed-loop clients send ``C * --requests-per-client`` requests
+(random prompt token ids, ``--max-tokens`` each with ignore_eos, greedy). HTTP mode runs them
+through ``podserve serve`` (a subprocess, default model and engine flags) with
+podserve.bench.http_client; in-process mode drives an Engine built with the same flags in
+this process, from a worker thread as the server does, keeping at most C requests in flight. Runs alternate HTTP / in-process so
+background load on a shared machine hits both alike.
+
+    PYTHONPATH=. python benchmarks/http_vs_inprocess.py --concurrency 16 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from podserve.bench.http_client import HttpRequestSpec, RequestRecord, run_http, summarize
+from podserve.config import EngineConfig
+from podserve.engine.engine import Engine
+from podserve.request import SamplingParams
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_inprocess(engine: Engine, specs: list[HttpRequestSpec], max_concurrency: int) -> tuple[list[RequestRecord], float]:
+    """The HTTP client's semantics without HTTP: same slots, same params, same clock points."""
+    records: list[RequestRecord | None] = [None] * len(specs)
+    in_flight: dict[str, int] = {}
+    next_index = 0
+    t0 = time.perf_counter()
+    while next_index < len(specs) or in_flight:
+        now = time.perf_counter()
+        while next_index < len(specs) and len(in_flight) < max_concurrency and specs[next_index].arrival_time <= now - t0:
+            spec = specs[next_index]
+            rid = f"inproc-{next_index}"
+            records[next_index] = RequestRecord(sent_time=time.perf_counter())
+            engine.add_request(spec.prompt, SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True), rid)
+            in_flight[rid] = next_index
+            next_index += 1
+        if not in_flight:
+            time.sleep(max(0.0, specs[next_index].arrival_time - (time.perf_counter() - t0)))
+            continue
+        outputs = engine.step()
+        now = time.perf_counter()
+        for out in outputs:
+            record = records[in_flight[out.request_id]]
+            if out.delta_token_ids:
+                record.chunk_times.extend([now] * len(out.delta_token_ids))
+                if record.first_token_time is None:
+                    record.first_token_time = now
+            if out.finished:
+                record.num_output_tokens = len(out.outputs[0].token_ids)
+                record.finish_time = now
+                del in_flight[out.request_id]
+    return records, time.perf_counter() - t0
+
+
+def in_worker_thread(fn, *args):
+    """Run ``fn`` on a fresh thread, as AsyncEngine runs the engine.
+
+    Not a detail: on this 2-core box under load, torch ops issued from the main thread run
+    ~4x slower than from a worker thread (OpenMP's 2-thread team vs what a new thread gets;
+    see docs/benchmarks-server.md), so stepping in the main thread would compare threading
+    setups, not HTTP overhead.
+    """
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", fn(*args)))
+    thread.start()
+    thread.join()
+    return result["value"]
+
+
+def make_specs(num_requests: int, prompt_tokens: int, max_tokens: int, vocab_size: int, seed: int) -> list[HttpRequestSpec]:
+    rng = random.Random(seed)
+    return [HttpRequestSpec(0.0, [rng.randrange(vocab_size) for _ in range(prompt_tokens)], max_tokens)
+            for _ in range(num_requests)]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "podserve.entrypoints.cli", "serve", "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+    proc.terminate()
+    raise RuntimeError("server did not start")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=2, help="HTTP/in-process pairs per concurrency (alternating order)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--json", type=Path, default=None, help="also write every run's summary here")
+    args = p.parse_args(argv)
+
+    server = start_server(args.port)
+    base_url = f"http://127.0.0.1:{args.port}"
+    try:
+        engine = Engine(EngineConfig())
+        vocab = engine.model_config.vocab_size
+        warm = make_specs(4, 8, 4, vocab, seed=99)
+        run_http(base_url, warm, max_concurrency=4)
+        in_worker_thread(run_inprocess, engine, warm, 4)
+        runs = []
+        for concurrency in args.concurrency:
+            specs = make_specs(concurrency * args.requests_per_client, args.prompt_tokens, args.max_tokens, vocab,
+                               seed=concurrency)
+            for repeat in range(args.repeats):
+                order = ("http", "inprocess") if repeat % 2 == 0 else ("inprocess", "http")
+                for mode in order:
+                    if mode == "http":
+                        records, wall = run_http(base_url, specs, max_concurrency=concurrency)
+                    else:
+                        records, wall = in_worker_thread(run_inprocess, engine, specs, concurrency)
+                    summary = {"mode": mode, "concurrency": concurrency, "repeat": repeat, **summarize(records, wall)}
+                    runs.append(summary)
+                    print(json.dumps(summary), flush=True)
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    print("\n| clients | mode | runs | throughput (tok/s) | TTFT P50 / P99 (s) | TBT P50 / P99 (s) | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for concurrency in args.concurrency:
+        means = {}
+        for mode in ("inprocess", "http"):
+            rs = [r for r in runs if r["concurrency"] == concurrency and r["mode"] == mode]
+            mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
+                                                                 "tbt_p50_s", "tbt_p99_s")}
+            means[mode] = mean
+            print(f"| {concurrency} | {mode} | {len(rs)} | {mean['throughput_tok_s']:.1f} | "
+                  f"{mean['ttft_p50_s']:.2f} / {mean['ttft_p99_s']:.2f} | {mean['tbt_p50_s']:.3f} / {mean['tbt_p99_s']:.3f} | "
+                  f"{sum(r['num_errors'] for r in rs)} |")
+        ratio = means["http"]["throughput_tok_s"] / means["inprocess"]["throughput_tok_s"]
+        print(f"| {concurrency} | HTTP / in-process | | {ratio:.1%} | | | |")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
