@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -139,20 +140,23 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait(60)
 
-    print("\n| clients | mode | runs | throughput (tok/s) | TTFT P50 / P99 (s) | TBT P50 / P99 (s) | errors |")
+    print("\nMedians over the runs; the ratio is the median of HTTP/in-process over each adjacent pair.\n")
+    print("| clients | mode | runs | throughput (tok/s) | TTFT P50 / P99 (s) | TBT P50 / P99 (s) | errors |")
     print("|---|---|---|---|---|---|---|")
     for concurrency in args.concurrency:
-        means = {}
         for mode in ("inprocess", "http"):
             rs = [r for r in runs if r["concurrency"] == concurrency and r["mode"] == mode]
-            mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
-                                                                 "tbt_p50_s", "tbt_p99_s")}
-            means[mode] = mean
-            print(f"| {concurrency} | {mode} | {len(rs)} | {mean['throughput_tok_s']:.1f} | "
-                  f"{mean['ttft_p50_s']:.2f} / {mean['ttft_p99_s']:.2f} | {mean['tbt_p50_s']:.3f} / {mean['tbt_p99_s']:.3f} | "
+            med = {k: statistics.median(r[k] for r in rs) for k in ("throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
+                                                                    "tbt_p50_s", "tbt_p99_s")}
+            print(f"| {concurrency} | {mode} | {len(rs)} | {med['throughput_tok_s']:.1f} | "
+                  f"{med['ttft_p50_s']:.2f} / {med['ttft_p99_s']:.2f} | {med['tbt_p50_s']:.3f} / {med['tbt_p99_s']:.3f} | "
                   f"{sum(r['num_errors'] for r in rs)} |")
-        ratio = means["http"]["throughput_tok_s"] / means["inprocess"]["throughput_tok_s"]
-        print(f"| {concurrency} | HTTP / in-process | | {ratio:.1%} | | | |")
+        ratios = [http["throughput_tok_s"] / inproc["throughput_tok_s"]
+                  for repeat in range(args.repeats)
+                  for http in runs if http["concurrency"] == concurrency and http["repeat"] == repeat and http["mode"] == "http"
+                  for inproc in runs if inproc["concurrency"] == concurrency and inproc["repeat"] == repeat and inproc["mode"] == "inprocess"]
+        print(f"| {concurrency} | HTTP / in-process | {len(ratios)} pairs | {statistics.median(ratios):.1%} "
+              f"(pairs: {', '.join(f'{r:.0%}' for r in ratios)}) | | | |")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     return 0

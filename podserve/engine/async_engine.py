@@ -68,6 +68,11 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(items: list) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 class RequestStream:
     """The outputs of one accepted request, in order; iterate it, then ``close()`` it.
 
@@ -237,21 +242,31 @@ class AsyncEngine:
             self._fail_running(e)
             outputs = []
         self._refresh_stats()
-        for out in outputs:
-            self._deliver(out)
+        if outputs:
+            self._deliver(outputs)
 
-    def _deliver(self, out: RequestOutput) -> None:
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams: one wake-up per event loop, not per request
+        (each call_soon_threadsafe writes to the loop's self-pipe)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         with self._cond:
-            stream = self._streams.get(out.request_id)
-            if out.finished:
-                self._streams.pop(out.request_id, None)
-        try:
-            for listener in self.output_listeners:
-                listener(out)
-        except Exception:
-            logger.exception("output listener failed on %s", out.request_id)
-        if stream is not None:
-            stream.put(out)
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if out.finished:
+                    self._streams.pop(out.request_id, None)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for out in outputs:
+            try:
+                for listener in self.output_listeners:
+                    listener(out)
+            except Exception:
+                logger.exception("output listener failed on %s", out.request_id)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:
+                pass  # that loop is closed: its callers are gone
 
     def _fail_running(self, error: Exception) -> None:
         scheduler = self.engine.scheduler
