@@ -149,7 +149,7 @@ class OpenAIServing:
         stream = await self._submit(prompt_ids, params, request_id, arrival)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(self._completion_chunks(stream, request_id, len(prompt_ids), include_usage))
+            return _SSEResponse(self._completion_chunks(stream, request_id, len(prompt_ids), include_usage), stream)
         out = await _collect(stream, raw)
         choice = out.outputs[0]
         return JSONResponse(CompletionResponse(
@@ -169,7 +169,7 @@ class OpenAIServing:
         stream = await self._submit(prompt_ids, params, request_id, arrival)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse_response(self._chat_chunks(stream, request_id, len(prompt_ids), include_usage))
+            return _SSEResponse(self._chat_chunks(stream, request_id, len(prompt_ids), include_usage), stream)
         out = await _collect(stream, raw)
         choice = out.outputs[0]
         return JSONResponse(ChatCompletionResponse(
@@ -225,9 +225,25 @@ def _usage(num_prompt: int, num_generated: int) -> UsageInfo:
     return UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated, total_tokens=num_prompt + num_generated)
 
 
-def _sse_response(chunks: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(_framed(chunks), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+class _SSEResponse(StreamingResponse):
+    """A StreamingResponse that aborts its request however the response ends.
+
+    On a disconnect Starlette cancels the task; if that happens while it is inside
+    ``send()`` rather than inside our generator, the generator would only be closed (and the
+    request aborted) when garbage-collected. Closing the stream here makes it immediate.
+    """
+
+    def __init__(self, chunks: AsyncIterator[str], stream: RequestStream):
+        super().__init__(_framed(chunks), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.request_stream = stream
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.request_stream.close()  # no-op if it finished; else abort before the next step
+            await self.body_iterator.aclose()
 
 
 async def _framed(chunks):
