@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from podserve.bench.http_client import HttpRequestSpec, RequestRecord, run_http, summarize
 from podserve.config import EngineConfig
@@ -80,6 +81,19 @@ def in_worker_thread(fn, *args):
     return result["value"]
 
 
+def server_cpu(pid: int) -> tuple[float, float]:
+    """(event-loop thread, every other thread) CPU seconds of the server. uvicorn runs the
+    event loop on the main thread, whose Linux thread id is the process id; the engine thread
+    and torch's worker threads are the rest."""
+    loop = other = 0.0
+    for t in psutil.Process(pid).threads():
+        if t.id == pid:
+            loop += t.user_time + t.system_time
+        else:
+            other += t.user_time + t.system_time
+    return loop, other
+
+
 def make_specs(num_requests: int, prompt_tokens: int, max_tokens: int, vocab_size: int, seed: int) -> list[HttpRequestSpec]:
     rng = random.Random(seed)
     return [HttpRequestSpec(0.0, [rng.randrange(vocab_size) for _ in range(prompt_tokens)], max_tokens)
@@ -129,11 +143,21 @@ def main(argv=None) -> int:
             for repeat in range(args.repeats):
                 order = ("http", "inprocess") if repeat % 2 == 0 else ("inprocess", "http")
                 for mode in order:
+                    cpu_before, server_before = time.process_time(), server_cpu(server.pid)
                     if mode == "http":
                         records, wall = run_http(base_url, specs, max_concurrency=concurrency)
                     else:
                         records, wall = in_worker_thread(run_inprocess, engine, specs, concurrency)
-                    summary = {"mode": mode, "concurrency": concurrency, "repeat": repeat, **summarize(records, wall)}
+                    cpu = time.process_time() - cpu_before
+                    server_after = server_cpu(server.pid)
+                    # CPU seconds by role: noise-free evidence of what HTTP costs, unlike wall time here
+                    if mode == "http":
+                        cpu_split = {"client_cpu_s": cpu, "server_loop_cpu_s": server_after[0] - server_before[0],
+                                     "engine_cpu_s": server_after[1] - server_before[1]}
+                    else:
+                        cpu_split = {"client_cpu_s": 0.0, "server_loop_cpu_s": 0.0, "engine_cpu_s": cpu}
+                    summary = {"mode": mode, "concurrency": concurrency, "repeat": repeat, **summarize(records, wall),
+                               **cpu_split}
                     runs.append(summary)
                     print(json.dumps(summary), flush=True)
     finally:
@@ -157,6 +181,16 @@ def main(argv=None) -> int:
                   for inproc in runs if inproc["concurrency"] == concurrency and inproc["repeat"] == repeat and inproc["mode"] == "inprocess"]
         print(f"| {concurrency} | HTTP / in-process | {len(ratios)} pairs | {statistics.median(ratios):.1%} "
               f"(pairs: {', '.join(f'{r:.0%}' for r in ratios)}) | | | |")
+    print("\nCPU seconds per run (medians): HTTP client, server event loop, engine (+ torch threads).\n")
+    print("| clients | mode | client | server loop | engine | HTTP share of CPU |")
+    print("|---|---|---|---|---|---|")
+    for concurrency in args.concurrency:
+        for mode in ("inprocess", "http"):
+            rs = [r for r in runs if r["concurrency"] == concurrency and r["mode"] == mode]
+            med = {k: statistics.median(r[k] for r in rs) for k in ("client_cpu_s", "server_loop_cpu_s", "engine_cpu_s")}
+            http_share = (med["client_cpu_s"] + med["server_loop_cpu_s"]) / sum(med.values())
+            print(f"| {concurrency} | {mode} | {med['client_cpu_s']:.2f} | {med['server_loop_cpu_s']:.2f} | "
+                  f"{med['engine_cpu_s']:.2f} | {http_share:.1%} |")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     return 0
