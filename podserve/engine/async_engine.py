@@ -208,10 +208,12 @@ class AsyncEngine:
                     adds, self._adds = self._adds, []
                     aborts, self._aborts = self._aborts, []
                     stopping = self._stopping
-                for rid in aborts:
-                    engine.abort_request(rid)
+                # Adds before aborts: a request cancelled while its add was still queued must
+                # not start running after its abort went by.
                 for add in adds:
                     self._apply_add(add)
+                for rid in aborts:
+                    engine.abort_request(rid)
                 if stopping:
                     break
                 self._step()
@@ -222,6 +224,12 @@ class AsyncEngine:
             self._abort_all(EngineDead("the engine stopped before this request finished"))
 
     def _apply_add(self, add: _Add) -> None:
+        # A caller cancelled while queued has cancelled the future (asyncio.wrap_future does);
+        # never start its request. Past this point the future can no longer be cancelled.
+        if not add.future.set_running_or_notify_cancel():
+            with self._cond:
+                self._streams.pop(add.request_id, None)
+            return
         try:
             self.engine.add_request(add.prompt, add.params, add.request_id, add.arrival_time)
         except Exception as e:  # bad input: only this request fails
@@ -286,7 +294,7 @@ class AsyncEngine:
             streams, self._streams = self._streams, {}
             adds, self._adds = self._adds, []
         for add in adds:
-            if not add.future.done():
+            if add.future.set_running_or_notify_cancel():  # False: its caller already left
                 add.future.set_exception(error)
         for rid, stream in streams.items():
             try:

@@ -154,3 +154,26 @@ def test_exception_in_one_requests_processing_is_500_and_others_are_served(engin
     assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal_server_error"
     assert ok1.status_code == ok2.status_code == 200
     assert ok1.json()["usage"]["completion_tokens"] == 4
+
+
+def test_cancel_before_the_engine_saw_the_add_never_runs_it(engine):
+    """Add and abort queued in the same batch of commands: the request must not start."""
+    ae = AsyncEngine(engine)
+
+    async def main():
+        task = asyncio.ensure_future(ae.add_request("orphan", SamplingParams(max_tokens=1500, ignore_eos=True), "orphan"))
+        await asyncio.sleep(0)  # the add is queued; the engine thread is not running yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ae.start()
+        # commands apply in order: once a later request finished, the orphan's were applied
+        outs = [o async for o in ae.generate("later", SamplingParams(max_tokens=2, ignore_eos=True), "later")]
+        assert outs[-1].finished
+        assert "orphan" not in engine.scheduler.requests  # 1500 tokens would still be running
+        assert not engine.has_unfinished_requests() and engine.kv.usage == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        ae.shutdown()
