@@ -216,7 +216,10 @@ class AsyncEngine:
                     engine.abort_request(rid)
                 if stopping:
                     break
-                self._step()
+                if engine.has_unfinished_requests():  # commands alone (e.g. the last abort) need no step
+                    self._step()
+                else:
+                    self._refresh_stats()
         except BaseException as e:  # a fault of the loop itself: fail everyone, refuse new work
             logger.exception("engine loop died")
             self._dead = e
@@ -249,7 +252,7 @@ class AsyncEngine:
             logger.exception("engine step failed")
             self._fail_running(e)
             outputs = []
-        self._refresh_stats()
+        self._refresh_stats(stepped=True)
         if outputs:
             self._deliver(outputs)
 
@@ -307,12 +310,12 @@ class AsyncEngine:
                 pass  # the event loop is already closed: nobody is listening
         self._refresh_stats()
 
-    def _refresh_stats(self) -> None:
+    def _refresh_stats(self, stepped: bool = False) -> None:
         s = self.engine.scheduler
         self.stats = EngineStats(
             num_running=s.num_running,
             num_waiting=s.num_waiting,
             kv_cache_usage=self.engine.kv.usage,
             num_preemptions=s.num_preemptions,
-            num_iterations=self.stats.num_iterations + 1,
+            num_iterations=self.stats.num_iterations + stepped,
         )
