@@ -38,6 +38,7 @@ def run_inprocess(engine: Engine, specs: list[HttpRequestSpec], max_concurrency:
     records: list[RequestRecord | None] = [None] * len(specs)
     in_flight: dict[str, int] = {}
     next_index = 0
+    busy_s = 0.0
     t0 = time.perf_counter()
     while next_index < len(specs) or in_flight:
         now = time.perf_counter()
@@ -51,8 +52,10 @@ def run_inprocess(engine: Engine, specs: list[HttpRequestSpec], max_concurrency:
         if not in_flight:
             time.sleep(max(0.0, specs[next_index].arrival_time - (time.perf_counter() - t0)))
             continue
+        step_start = time.perf_counter()
         outputs = engine.step()
         now = time.perf_counter()
+        busy_s += now - step_start
         for out in outputs:
             record = records[in_flight[out.request_id]]
             if out.delta_token_ids:
@@ -63,7 +66,16 @@ def run_inprocess(engine: Engine, specs: list[HttpRequestSpec], max_concurrency:
                 record.num_output_tokens = len(out.outputs[0].token_ids)
                 record.finish_time = now
                 del in_flight[out.request_id]
+    run_inprocess.last_busy_s = busy_s
     return records, time.perf_counter() - t0
+
+
+def engine_busy_s(base_url: str) -> float:
+    """The server's podserve:engine_busy_seconds_total."""
+    for line in httpx.get(base_url + "/metrics").text.splitlines():
+        if line.startswith("podserve:engine_busy_seconds_total"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError("podserve:engine_busy_seconds_total")
 
 
 def in_worker_thread(fn, *args):
@@ -145,9 +157,12 @@ def main(argv=None) -> int:
                 for mode in order:
                     cpu_before, server_before = time.process_time(), server_cpu(server.pid)
                     if mode == "http":
+                        busy_before = engine_busy_s(base_url)
                         records, wall = run_http(base_url, specs, max_concurrency=concurrency)
+                        busy = engine_busy_s(base_url) - busy_before
                     else:
                         records, wall = in_worker_thread(run_inprocess, engine, specs, concurrency)
+                        busy = run_inprocess.last_busy_s
                     cpu = time.process_time() - cpu_before
                     server_after = server_cpu(server.pid)
                     # CPU seconds by role: noise-free evidence of what HTTP costs, unlike wall time here
@@ -157,7 +172,7 @@ def main(argv=None) -> int:
                     else:
                         cpu_split = {"client_cpu_s": 0.0, "server_loop_cpu_s": 0.0, "engine_cpu_s": cpu}
                     summary = {"mode": mode, "concurrency": concurrency, "repeat": repeat, **summarize(records, wall),
-                               **cpu_split}
+                               **cpu_split, "engine_busy_s": busy}
                     runs.append(summary)
                     print(json.dumps(summary), flush=True)
     finally:
@@ -181,16 +196,19 @@ def main(argv=None) -> int:
                   for inproc in runs if inproc["concurrency"] == concurrency and inproc["repeat"] == repeat and inproc["mode"] == "inprocess"]
         print(f"| {concurrency} | HTTP / in-process | {len(ratios)} pairs | {statistics.median(ratios):.1%} "
               f"(pairs: {', '.join(f'{r:.0%}' for r in ratios)}) | | | |")
-    print("\nCPU seconds per run (medians): HTTP client, server event loop, engine (+ torch threads).\n")
-    print("| clients | mode | client | server loop | engine | HTTP share of CPU |")
-    print("|---|---|---|---|---|---|")
+    print("\nPer run (medians): CPU seconds of the HTTP client, the server event loop and the engine (+ torch")
+    print("threads); wall seconds inside engine steps (busy) and out of them (idle: waiting for requests).\n")
+    print("| clients | mode | client CPU | server loop CPU | engine CPU | HTTP share of CPU | engine busy | engine idle |")
+    print("|---|---|---|---|---|---|---|---|")
     for concurrency in args.concurrency:
         for mode in ("inprocess", "http"):
             rs = [r for r in runs if r["concurrency"] == concurrency and r["mode"] == mode]
-            med = {k: statistics.median(r[k] for r in rs) for k in ("client_cpu_s", "server_loop_cpu_s", "engine_cpu_s")}
-            http_share = (med["client_cpu_s"] + med["server_loop_cpu_s"]) / sum(med.values())
+            cpu_keys = ("client_cpu_s", "server_loop_cpu_s", "engine_cpu_s")
+            med = {k: statistics.median(r[k] for r in rs) for k in cpu_keys + ("engine_busy_s",)}
+            idle = statistics.median(r["wall_s"] - r["engine_busy_s"] for r in rs)
+            http_share = (med["client_cpu_s"] + med["server_loop_cpu_s"]) / sum(med[k] for k in cpu_keys)
             print(f"| {concurrency} | {mode} | {med['client_cpu_s']:.2f} | {med['server_loop_cpu_s']:.2f} | "
-                  f"{med['engine_cpu_s']:.2f} | {http_share:.1%} |")
+                  f"{med['engine_cpu_s']:.2f} | {http_share:.1%} | {med['engine_busy_s']:.1f} | {idle:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     return 0

@@ -46,6 +46,8 @@ class EngineStats:
     kv_cache_usage: float = 0.0
     num_preemptions: int = 0
     num_iterations: int = 0
+    busy_s: float = 0.0
+    """Wall time spent inside ``engine.step()`` since start: busy_s / uptime is the engine's utilisation."""
 
 
 @dataclass
@@ -244,6 +246,7 @@ class AsyncEngine:
 
     def _step(self) -> None:
         engine = self.engine
+        start = time.perf_counter()
         try:
             outputs = engine.step()
         except Exception as e:
@@ -252,7 +255,7 @@ class AsyncEngine:
             logger.exception("engine step failed")
             self._fail_running(e)
             outputs = []
-        self._refresh_stats(stepped=True)
+        self._refresh_stats(busy_s=time.perf_counter() - start)
         if outputs:
             self._deliver(outputs)
 
@@ -310,12 +313,14 @@ class AsyncEngine:
                 pass  # the event loop is already closed: nobody is listening
         self._refresh_stats()
 
-    def _refresh_stats(self, stepped: bool = False) -> None:
+    def _refresh_stats(self, busy_s: float | None = None) -> None:
+        """New snapshot; ``busy_s`` is the duration of the step just run (None: no step)."""
         s = self.engine.scheduler
         self.stats = EngineStats(
             num_running=s.num_running,
             num_waiting=s.num_waiting,
             kv_cache_usage=self.engine.kv.usage,
             num_preemptions=s.num_preemptions,
-            num_iterations=self.stats.num_iterations + stepped,
+            num_iterations=self.stats.num_iterations + (busy_s is not None),
+            busy_s=self.stats.busy_s + (busy_s or 0.0),
         )

@@ -44,6 +44,10 @@ class _EngineStatsCollector:
         c = CounterMetricFamily("podserve:num_preemptions", "Preemptions (recompute) since start.", labels=labels)
         c.add_metric([self.model_name], stats.num_preemptions)
         yield c
+        # Not a vLLM metric: time inside engine steps, so utilisation = rate(busy) and idle gaps show.
+        c = CounterMetricFamily("podserve:engine_busy_seconds", "Wall time spent in engine steps.", labels=labels)
+        c.add_metric([self.model_name], stats.busy_s)
+        yield c
 
 
 class ServerMetrics:
