@@ -186,3 +186,9 @@ def test_cli_chat_loop_answers_and_exits():
     )
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
+
+
+def test_vanishing_temperature_samples_greedily(default_llm):
+    greedy = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=0), use_tqdm=False)
+    tiny = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=6e-121), use_tqdm=False)
+    assert tiny[0].outputs[0].token_ids == greedy[0].outputs[0].token_ids

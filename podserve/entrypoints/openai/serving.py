@@ -25,11 +25,6 @@ from podserve.entrypoints.openai.protocol import (
 from podserve.request import SamplingParams
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-# Temperatures below this sample greedily (vLLM's _SAMPLING_EPS). Tinier ones underflow to 0 in the
-# sampler's float32 tensor, and logits/0 makes NaN probabilities that fail the whole engine step.
-SAMPLING_EPS = 1e-5
-
-
 def sse(payload: dict | str) -> str:
     """One server-sent event: ``data: {...}\\n\\n``."""
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
@@ -110,8 +105,7 @@ class OpenAIServing:
         if req.stop_token_ids:
             self.check_token_ids(req.stop_token_ids, "stop_token_ids")
         temperature = 1.0 if req.temperature is None else req.temperature
-        if 0 <= temperature < SAMPLING_EPS:
-            temperature = 0.0
+        # Vanishing temperatures sample greedily: SamplingParams.greedy handles them.
         try:
             return SamplingParams(
                 max_tokens=max_tokens,
