@@ -168,7 +168,7 @@ def cmd_capacity(args) -> int:
             s = run.collector.summary()
             passed = run.stopped_early is None and slo.check(s)
             if passed or "run" not in last:
-                last["run"] = run  # keep the highest passing run for the plots
+                last["run"], last["qps"] = run, qps  # keep the highest passing run for the plots
             return Probe(qps, passed, s["tbt"]["p99"], s["scheduling_delay"]["p50"], run.wall_s, run.stopped_early, s)
 
         def report(p: Probe, policy=policy) -> None:
@@ -181,7 +181,7 @@ def cmd_capacity(args) -> int:
         result = find_capacity(probe, qps_start=args.qps, tolerance=args.tolerance, min_qps=args.min_qps,
                                max_probes=args.max_probes, on_probe=report)
         results[policy] = result
-        collectors[policy] = last["run"].collector
+        collectors[f"{policy} @ {last['qps']:.3g} QPS"] = last["run"].collector
         print(f"[{policy}] capacity: {result.capacity_qps:.3f} QPS (bracket {result.bracket}, tolerance {result.tolerance:.0%})", flush=True)
         del engine
     data = {**header, "workload": asdict(_workload_config(args, arrival="poisson")),
