@@ -95,7 +95,7 @@ def _device_description(device: str) -> str:
 
 def _header(args, engine_config) -> dict:
     return {
-        "command": "podserve " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("podserve") else " ".join(sys.argv),
+        "command": "podserve " + " ".join(sys.argv[1:]),  # also when run as python -m ...cli
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": _device_description(engine_config.device),
         "engine": asdict(engine_config),
