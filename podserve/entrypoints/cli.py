@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(chat)
     _sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+
+    from podserve.entrypoints import bench_cli
+
+    bench_cli.register(sub)
     return parser
 
 

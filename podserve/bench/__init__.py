@@ -1,0 +1,1 @@
+"""Benchmarks: workloads and traces, the in-process load runner, capacity search, plots."""
