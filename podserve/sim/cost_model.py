@@ -19,6 +19,7 @@ from podserve.sim.roofline import LINEAR_OPS, LayerShapes
 # GEMMs a profile may lack (Vidur's mlp.csv has no LM head): borrow a predictor of the
 # same kind (column-parallel, wide output) and let the roofline features rescale it.
 _FALLBACK = {"lm_head": "gate_up"}
+_BUCKETS = 24  # power-of-two buckets: up to 2**23 tokens
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class CostModel:
 
     def _gemm(self, op: str, n: np.ndarray, in_f: int, out_f: int) -> np.ndarray:
         x = F.linear_features(n, in_f, out_f, self.dtype_bytes, self.fitted.peak_flops, self.fitted.peak_bw)
-        return self._linear(op).predict(x)
+        return self._linear(op).predict(x, F.linear_shape(n, in_f, out_f))
 
     def _extend(self, max_tokens: int) -> None:
         """Tabulate per-token-count costs for 0..max_tokens (grown on demand)."""
@@ -75,18 +76,18 @@ class CostModel:
         per_layer = sum(self._gemm(op, n, *self.shapes.linear[op]) for op in LINEAR_OPS)
         misc = self.fitted.elementwise.get("layer_misc")
         if misc is not None:
-            per_layer = per_layer + misc.predict(F.elementwise_features(n))
+            per_layer = per_layer + misc.predict(F.elementwise_features(n), n[:, None])
         if self.tp > 1:
             # Two all-reduces per layer (after o and after down) of [num_tokens, hidden] activations.
             size = n * self.shapes.hidden_size * self.dtype_bytes
-            per_layer = per_layer + 2 * self.fitted.all_reduce[self.tp].predict(F.collective_features(size))
+            per_layer = per_layer + 2 * self.fitted.all_reduce[self.tp].predict(F.collective_features(size), size[:, None])
         stage = self.layers_per_stage * per_layer
         if self.pp > 1:
             size = n * self.shapes.hidden_size * self.dtype_bytes
-            stage = stage + self.fitted.send_recv.predict(F.collective_features(size))
+            stage = stage + self.fitted.send_recv.predict(F.collective_features(size), size[:, None])
         embed = self.fitted.elementwise.get("embed")
         if embed is not None:
-            stage = stage + embed.predict(F.elementwise_features(n))  # on stage 0; folded in
+            stage = stage + embed.predict(F.elementwise_features(n), n[:, None])  # on stage 0; folded in
         stage[0] = 0.0
         self._token_table = stage
         self._token_list = stage.tolist()  # Python floats: list indexing beats numpy scalars
@@ -109,6 +110,14 @@ class CostModel:
         kv_bytes = 2.0 * db * s.num_kv_heads * s.head_dim
         # t = c0 + b_seq * b + b_sum * sum_kv + b_pad * b * max_kv   (per layer, whole decode batch)
         self._dec = (dec.intercept, c_b, c_exact * kv_bytes, c_padded * kv_bytes)
+        # Corrections of the attention predictors, tabulated per power-of-two bucket of
+        # (query tokens, context) and (decodes, mean context): bit_length() indexes them.
+        mid = np.array([1.0] + [2.0 ** (b - 1) * 1.5 for b in range(2, _BUCKETS)])
+        qq, kk = np.meshgrid(mid, mid, indexing="ij")
+        self._pre_ratio = np.reshape(pre.ratio(np.stack([qq.ravel(), np.maximum(kk, qq).ravel()], -1)), qq.shape).tolist() \
+            if pre.correction is not None else None
+        self._dec_ratio = np.reshape(dec.ratio(np.stack([qq.ravel(), kk.ravel()], -1)), qq.shape).tolist() \
+            if dec.correction is not None else None
         ovh = self.fitted.overhead
         self._ovh = (ovh.intercept, *ovh.coef) if ovh is not None else (0.0, 0.0, 0.0, 0.0)
 
@@ -123,14 +132,19 @@ class CostModel:
             c0, b_seq, b_sum, b_pad = self._dec
             starts = [s.start_pos for s in seqs[:nd]]
             # A decode's context is its cached tokens plus the new one.
-            attn = c0 + b_seq * nd + b_sum * (sum(starts) + nd) + b_pad * nd * (max(starts) + 1)
+            sum_kv = sum(starts) + nd
+            attn = c0 + b_seq * nd + b_sum * sum_kv + b_pad * nd * (max(starts) + 1)
+            if self._dec_ratio is not None:
+                attn *= self._dec_ratio[nd.bit_length()][(sum_kv // nd).bit_length()]
         num_sampled = nd
         p0, a_seen, a_dense, a_q, a_kv = self._pre
+        pre_ratio = self._pre_ratio
         for s in seqs[nd:]:
             q = len(s.token_ids)
             kv = s.start_pos + q
             num_tokens += q
-            attn += p0 + a_seen * (q * s.start_pos + q * (q + 1) * 0.5) + a_dense * q * kv + a_q * q + a_kv * kv
+            t = p0 + a_seen * (q * s.start_pos + q * (q + 1) * 0.5) + a_dense * q * kv + a_q * q + a_kv * kv
+            attn += t if pre_ratio is None else t * pre_ratio[q.bit_length()][kv.bit_length()]
             num_sampled += s.do_sample
         if num_tokens > self._max_tokens:
             self._extend(max(2 * self._max_tokens, num_tokens))

@@ -56,3 +56,18 @@ def overhead_features(num_seqs, num_tokens, num_prefills) -> np.ndarray:
 def collective_features(size_bytes) -> np.ndarray:
     """[bytes]: latency + size / bandwidth (the alpha-beta model)."""
     return np.asarray(size_bytes, dtype=float)[..., None]
+
+
+# --- shape coordinates of the correction (their logs are what it interpolates over) ------
+def linear_shape(n, in_f, out_f) -> np.ndarray:
+    return np.stack(np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (n, in_f, out_f))), axis=-1)
+
+
+def prefill_shape(q_len, kv_len) -> np.ndarray:
+    return np.stack([np.asarray(q_len, dtype=float), np.asarray(kv_len, dtype=float)], axis=-1)
+
+
+def decode_shape(batch_size, sum_kv) -> np.ndarray:
+    """[sequences, mean context]."""
+    b = np.asarray(batch_size, dtype=float)
+    return np.stack([b, np.asarray(sum_kv, dtype=float) / np.maximum(b, 1.0)], axis=-1)
