@@ -122,37 +122,47 @@ class CostModel:
         self._ovh = (ovh.intercept, *ovh.coef) if ovh is not None else (0.0, 0.0, 0.0, 0.0)
 
     # --- the hot path ----------------------------------------------------------------------
+    def decode_attention(self, num_decodes: int, sum_kv: int, max_kv: int) -> float:
+        """One layer's attention for a decode batch whose contexts sum to ``sum_kv``."""
+        c0, b_seq, b_sum, b_pad = self._dec
+        t = c0 + b_seq * num_decodes + b_sum * sum_kv + b_pad * num_decodes * max_kv
+        if self._dec_ratio is not None:
+            t *= self._dec_ratio[num_decodes.bit_length()][(sum_kv // num_decodes).bit_length()]
+        return t
+
+    def prefill_attention(self, q: int, start: int) -> float:
+        """One layer's attention for a chunk of ``q`` tokens after ``start`` cached ones."""
+        p0, a_seen, a_dense, a_q, a_kv = self._pre
+        kv = start + q
+        t = p0 + a_seen * (q * start + q * (q + 1) * 0.5) + a_dense * q * kv + a_q * q + a_kv * kv
+        return t if self._pre_ratio is None else t * self._pre_ratio[q.bit_length()][kv.bit_length()]
+
+    def estimate(self, num_decodes: int, sum_kv: int, max_kv: int, chunks, num_sampled: int) -> IterationCost:
+        """Cost of an iteration described by counts: ``chunks`` are (q, start) prefill chunks."""
+        num_tokens = num_decodes
+        attn = self.decode_attention(num_decodes, sum_kv, max_kv) if num_decodes else 0.0
+        for q, start in chunks:
+            num_tokens += q
+            attn += self.prefill_attention(q, start)
+        if num_tokens > self._max_tokens:
+            self._extend(max(2 * self._max_tokens, num_tokens))
+        o0, o_seq, o_tok, o_pre = self._ovh
+        num_seqs = num_decodes + len(chunks)
+        host = o0 + o_seq * num_seqs + o_tok * num_tokens + o_pre * len(chunks)
+        return IterationCost(host, self._token_list[num_tokens] + self.layers_per_stage * attn, self._lm_list[num_sampled])
+
     def iteration_cost(self, batch: ScheduledBatch) -> IterationCost:
         """Predicted host, per-stage and last-stage times of ``batch``."""
         seqs = batch.seqs
         nd = batch.num_decodes
-        num_tokens = nd
-        attn = 0.0
+        sum_kv = max_kv = 0
         if nd:
-            c0, b_seq, b_sum, b_pad = self._dec
             starts = [s.start_pos for s in seqs[:nd]]
             # A decode's context is its cached tokens plus the new one.
-            sum_kv = sum(starts) + nd
-            attn = c0 + b_seq * nd + b_sum * sum_kv + b_pad * nd * (max(starts) + 1)
-            if self._dec_ratio is not None:
-                attn *= self._dec_ratio[nd.bit_length()][(sum_kv // nd).bit_length()]
-        num_sampled = nd
-        p0, a_seen, a_dense, a_q, a_kv = self._pre
-        pre_ratio = self._pre_ratio
-        for s in seqs[nd:]:
-            q = len(s.token_ids)
-            kv = s.start_pos + q
-            num_tokens += q
-            t = p0 + a_seen * (q * s.start_pos + q * (q + 1) * 0.5) + a_dense * q * kv + a_q * q + a_kv * kv
-            attn += t if pre_ratio is None else t * pre_ratio[q.bit_length()][kv.bit_length()]
-            num_sampled += s.do_sample
-        if num_tokens > self._max_tokens:
-            self._extend(max(2 * self._max_tokens, num_tokens))
-        stage = self._token_list[num_tokens] + self.layers_per_stage * attn
-        o0, o_seq, o_tok, o_pre = self._ovh
-        num_seqs = len(seqs)
-        host = o0 + o_seq * num_seqs + o_tok * num_tokens + o_pre * (num_seqs - nd)
-        return IterationCost(host, stage, self._lm_list[num_sampled])
+            sum_kv, max_kv = sum(starts) + nd, max(starts) + 1
+        prefills = seqs[nd:]
+        chunks = [(len(s.token_ids), s.start_pos) for s in prefills]
+        return self.estimate(nd, sum_kv, max_kv, chunks, nd + sum(s.do_sample for s in prefills))
 
     def iteration_time(self, batch: ScheduledBatch) -> float:
         """Wall time of ``batch`` on a replica without pipeline parallelism."""

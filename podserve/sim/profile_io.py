@@ -55,7 +55,8 @@ class Profile:
 
     def content_hash(self) -> str:
         """Hash of meta and every table: the cache key of the fitted cost model."""
-        h = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode())
+        # The date is provenance, not content: a re-derived identical profile reuses the cached fit.
+        h = hashlib.sha256(json.dumps({k: v for k, v in self.meta.items() if k != "date"}, sort_keys=True).encode())
         for name in sorted(self.tables):
             h.update(name.encode())
             for row in self.tables[name]:
