@@ -106,7 +106,10 @@ def evaluate(task: SearchTask) -> dict:
             best.update(qps=qps, summary=s)
         return Probe(qps, passed, s["tbt"]["p99"], s["scheduling_delay"]["p50"], res.wall_s, res.stopped_early)
 
-    result = find_capacity(probe, qps_start=task.qps_start, tolerance=task.tolerance, max_probes=task.max_probes)
+    try:
+        result = find_capacity(probe, qps_start=task.qps_start, tolerance=task.tolerance, max_probes=task.max_probes)
+    except ValueError as e:  # e.g. a trace prompt longer than this deployment's whole KV cache
+        return {**out, "feasible": False, "reason": str(e), "wall_s": time.perf_counter() - t0}
     s = best.get("summary")
     return {
         **out, "feasible": True, "capacity_qps": result.capacity_qps, "bracket": list(result.bracket),
