@@ -60,6 +60,8 @@ class Profile:
         for name in sorted(self.tables):
             h.update(name.encode())
             for row in self.tables[name]:
+                # Numbers as floats: a table read back from CSV hashes like the one written.
+                row = {k: v if isinstance(v, str) else float(v) for k, v in row.items()}
                 h.update(json.dumps(row, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
