@@ -35,9 +35,10 @@ def test_cost_model_is_monotone_and_shards(h100_8b):
     one, two = CostModel(fitted, config, tp=1), CostModel(fitted, config, tp=2)
     table = np.array(one._token_list[1:4097])
     # Measured GEMMs dip at tile-aligned sizes (Vidur's H100 rows: up to 10%; the correction keeps that), but
-    # never by much, and doubling the tokens always costs more.
+    # never by much; doubling a compute-bound token count costs far more, a weight-bound one about the same.
     assert np.all(np.diff(table) >= -0.12 * table[1:])
-    assert np.all(table[1::2][:2047] > table[:2047])
+    doubled, single = table[1::2][:2047], table[:2047]  # t(2n), t(n) for n = 1..2047
+    assert np.all(doubled >= 0.95 * single) and np.all(doubled[511:] > 1.3 * single[511:])
     assert two._token_list[2048] < one._token_list[2048]
     assert one.decode_attention(32, 32 * 4096, 4096) > one.decode_attention(32, 32 * 512, 512)
     assert one.prefill_attention(512, 3584) > one.prefill_attention(512, 0)
