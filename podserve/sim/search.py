@@ -3,12 +3,13 @@ of every deployment in a grid, found by bisection in simulation, run in parallel
 local processes or a Ray cluster."""
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import asdict, dataclass, replace
 
 from podserve.bench.capacity import Probe, find_capacity
-from podserve.bench.workloads import WorkloadConfig, generate
+from podserve.bench.workloads import WorkloadConfig, WorkloadRequest, generate
 from podserve.config import SchedulerConfig
 from podserve.sim.slo_watch import LatencySLO
 
@@ -67,11 +68,29 @@ class SearchTask:
     max_model_len: int | None = None
 
 
+@functools.lru_cache(maxsize=8)
+def _fitted(profile_spec: str, model: str):
+    """(fitted profile, model config, max_model_len default) once per worker process:
+    deriving and hashing a profile costs more than a probe."""
+    from podserve.sim.cache import fitted_profile
+    from podserve.sim.deployment import default_max_model_len, model_shape, resolve_profile
+
+    profile = resolve_profile(profile_spec, model)
+    _, config = model_shape(model, profile)
+    return fitted_profile(profile), config, default_max_model_len(config, profile)
+
+
+@functools.lru_cache(maxsize=8)
+def _base_workload(workload: WorkloadConfig) -> tuple:
+    """The workload at 1 QPS. Poisson gaps are seeded standard exponentials divided by the
+    rate, so the workload at ``qps`` is this one with arrival times divided by ``qps``:
+    every probe sees the same requests, and the trace is read once."""
+    return tuple(generate(replace(workload, qps=1.0, arrival="poisson")))
+
+
 def evaluate(task: SearchTask) -> dict:
     """Capacity of one deployment (runs in a worker). Infeasible ones report why."""
-    from podserve.sim.cache import fitted_profile
     from podserve.sim.cost_model import CostModel
-    from podserve.sim.deployment import default_max_model_len, model_shape, resolve_profile
     from podserve.sim.memory import num_kv_blocks
     from podserve.sim.simulator import ClusterConfig, Simulator
     from podserve.sim.token_budget import SLOTokenBudget
@@ -80,10 +99,8 @@ def evaluate(task: SearchTask) -> dict:
     pt = task.point
     out = {"point": asdict(pt), "label": pt.label(), "num_gpus": pt.num_gpus}
     try:
-        profile = resolve_profile(pt.profile, pt.model)
-        fitted = fitted_profile(profile)
-        _, config = model_shape(pt.model, profile)
-        max_len = task.max_model_len or default_max_model_len(config, profile)
+        fitted, config, default_len = _fitted(pt.profile, pt.model)
+        max_len = task.max_model_len or default_len
         sched = SchedulerConfig(policy=pt.scheduler, chunk_size=pt.chunk_size, max_num_seqs=pt.max_num_seqs,
                                 max_model_len=max_len)
         cost = CostModel(fitted, config, pt.tp, pt.pp)
@@ -95,11 +112,13 @@ def evaluate(task: SearchTask) -> dict:
         return {**out, "feasible": False, "reason": str(e), "wall_s": time.perf_counter() - t0}
 
     best: dict = {}
+    base = _base_workload(task.workload)
 
     def probe(qps: float) -> Probe:
         budget = SLOTokenBudget(cost, task.slo.tbt_s) if pt.tbt_budget else None
         sim = Simulator(cluster, cost, blocks, token_budget=budget)
-        res = sim.run(generate(replace(task.workload, qps=qps, arrival="poisson")), slo=task.slo)
+        workload = [WorkloadRequest(w.arrival_time / qps, w.num_prompt_tokens, w.num_output_tokens) for w in base]
+        res = sim.run(workload, slo=task.slo)
         s = res.collector.summary()
         passed = res.stopped_early is None and task.slo.check(s)
         if passed and qps >= best.get("qps", 0.0):
