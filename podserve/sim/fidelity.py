@@ -65,3 +65,26 @@ def run_sim(fitted, engine, workload: list[WorkloadRequest]):
     cluster = ClusterConfig(scheduler=cfg.scheduler, block_size=cfg.cache.block_size, watermark=cfg.cache.watermark)
     sim = Simulator(cluster, CostModel(fitted, engine.model_config), engine.kv.num_blocks)
     return sim.run(workload)
+
+
+def run_fidelity(model: str | None, workload: list[WorkloadRequest], *, scheduler=None, grid=None,
+                 max_model_len: int = 2048, threads: int | None = 1, profile_dir=None, progress=print) -> FidelityReport:
+    """Profile ``model`` on this CPU, run ``workload`` through the engine and the simulator,
+    and compare. Uses ``threads`` torch threads for both (the profile is only valid for the
+    thread count it was measured with)."""
+    from dataclasses import replace
+
+    from podserve.config import CacheConfig, SchedulerConfig
+    from podserve.sim.predictors import fit_profile
+    from podserve.sim.profiler import ProfileGrid, Profiler
+
+    profiler = Profiler(model, grid=grid or ProfileGrid.quick(), threads=threads, max_model_len=max_model_len, progress=progress)
+    profile = profiler.run()
+    if profile_dir is not None:
+        profile.save(profile_dir)
+    fitted = fit_profile(profile)
+    del profiler  # free its engine before building the measured one
+    sched = replace(scheduler or SchedulerConfig(), max_model_len=max_model_len)
+    engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched, cache=CacheConfig()), workload)
+    sim = run_sim(fitted, engine, workload)
+    return compare(run.collector.summary(), sim.collector.summary())

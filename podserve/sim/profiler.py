@@ -35,15 +35,18 @@ class ProfileGrid:
     decode_ctx: tuple[int, ...] = (32, 128, 512, 1024, 2048, 4096)
     max_decode_kv: int = 32768
     overhead_batches: tuple[int, ...] = (1, 4, 16, 48)
-    time_budget_s: float = 0.04
-    """Per point: repeat until this much time was spent (at least 3, at most 25 runs)."""
+    time_budget_s: float = 0.03
+    """Per point and pass: repeat until this much time was spent."""
+    passes: int = 3
+    """Sweeps over the whole grid; each point keeps the median over sweeps. On a shared
+    machine, other processes' bursts last seconds: separate sweeps see different bursts."""
 
     @classmethod
     def quick(cls) -> "ProfileGrid":
         return cls(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), lm_head_tokens=(1, 4, 16, 64),
                    prefill_q=(16, 64, 256, 512, 1024), prefill_prefix=(0, 512, 1536),
                    decode_batch=(1, 4, 16, 32, 64), decode_ctx=(64, 256, 1024, 2048), max_decode_kv=24576,
-                   overhead_batches=(1, 8, 32), time_budget_s=0.02)
+                   overhead_batches=(1, 16), time_budget_s=0.01)
 
 
 def _timer(device: torch.device):
@@ -254,8 +257,8 @@ class Profiler:
         try:
             for b in self.grid.overhead_batches:
                 for i in range(b):
-                    ids = rng.integers(0, self.config.vocab_size, 24 + 8 * (i % 4)).tolist()
-                    engine.add_request(ids, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                    ids = rng.integers(0, self.config.vocab_size, 16 + 8 * (i % 4)).tolist()
+                    engine.add_request(ids, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
                                        request_id=f"overhead-{b}-{i}")
                 while engine.has_unfinished_requests():
                     spent[0] = 0.0
@@ -274,13 +277,18 @@ class Profiler:
         return rows
 
     def run(self) -> Profile:
-        tables = {}
-        for name, fn in (("linear", self.linear), ("elementwise", self.elementwise),
-                         ("attention_prefill", self.attention_prefill), ("attention_decode", self.attention_decode),
-                         ("cpu_overhead", self.cpu_overhead)):
+        ops = (("linear", self.linear), ("elementwise", self.elementwise),
+               ("attention_prefill", self.attention_prefill), ("attention_decode", self.attention_decode))
+        sweeps: dict[str, list[list[dict]]] = {name: [] for name, _ in ops}
+        for i in range(self.grid.passes):
             t0 = time.perf_counter()
-            tables[name] = fn()
-            self.progress(f"profiled {name}: {len(tables[name])} points in {time.perf_counter() - t0:.1f}s")
+            for name, fn in ops:
+                sweeps[name].append(fn())
+            self.progress(f"operator sweep {i + 1}/{self.grid.passes}: {time.perf_counter() - t0:.1f}s")
+        tables = {name: _median_over_sweeps(rows) for name, rows in sweeps.items()}
+        t0 = time.perf_counter()
+        tables["cpu_overhead"] = self.cpu_overhead()
+        self.progress(f"cpu overhead: {len(tables['cpu_overhead'])} engine iterations in {time.perf_counter() - t0:.1f}s")
         return Profile(self._meta(), tables)
 
     def _meta(self) -> dict:
@@ -296,3 +304,8 @@ class Profiler:
                          dtype=str(self.dtype).removeprefix("torch."), dtype_bytes=torch.tensor([], dtype=self.dtype).element_size(),
                          attention=self.attention, source="podserve-profiler", torch_version=torch.__version__,
                          grid=self.grid.__dict__, **extra)
+
+
+def _median_over_sweeps(sweeps: list[list[dict]]) -> list[dict]:
+    """Rows of the first sweep with each time replaced by its median over all sweeps."""
+    return [{**rows[0], "time_s": statistics.median(r["time_s"] for r in rows)} for rows in zip(*sweeps)]
