@@ -195,7 +195,7 @@ def _prices(text: str | None) -> dict[str, float]:
 def cmd_search(args) -> int:
     from podserve.sim.cache import fitted_profile
     from podserve.sim.deployment import resolve_profile
-    from podserve.sim.search import SearchTask, grid, pareto_front, run_local, run_ray
+    from podserve.sim.search import grid, group_tasks, pareto_front, run_local, run_ray
     from podserve.sim.slo_watch import LatencySLO
 
     out = _output_dir(args)
@@ -212,8 +212,10 @@ def cmd_search(args) -> int:
                   _ints(args.chunk_sizes), _ints(args.max_num_seqs), args.with_slo_budget, args.max_gpus)
     slo = LatencySLO(args.ttft_slo, args.tbt_slo)
     wcfg = _workload_config(args, arrival="poisson")
-    tasks = [SearchTask(p, wcfg, slo, args.tolerance, args.max_probes, args.qps, args.max_model_len) for p in points]
-    print(f"searching {len(tasks)} configurations, {args.num_requests} requests per probe, SLO P99 TTFT <= {slo.ttft_s}s, "
+    tasks = group_tasks(points, workload=wcfg, slo=slo, tolerance=args.tolerance, max_probes=args.max_probes,
+                        qps_start=args.qps, max_model_len=args.max_model_len)
+    total = len(points)
+    print(f"searching {total} configurations, {args.num_requests} requests per replica per probe, SLO P99 TTFT <= {slo.ttft_s}s, "
           f"P99 TBT <= {slo.tbt_s * 1e3:.0f}ms, {'Ray at ' + args.ray_address if args.ray_address else f'{args.workers} processes'}", flush=True)
     t0 = time.perf_counter()
     done = [0]
@@ -224,10 +226,12 @@ def cmd_search(args) -> int:
         if r.get("feasible") and price:
             r["capacity_per_dollar_hour"] = r["capacity_qps"] * 3600 / (price * r["num_gpus"])  # requests per dollar
         elapsed = time.perf_counter() - t0
-        eta = elapsed / done[0] * (len(tasks) - done[0])
+        eta = elapsed / done[0] * (total - done[0])
         what = (f"{r['capacity_qps']:7.3f} QPS ({r['capacity_per_gpu']:.3f}/GPU)" if r.get("feasible")
                 else f"infeasible: {r['reason'][:70]}")
-        print(f"[{done[0]:>4}/{len(tasks)} {elapsed:6.0f}s eta {eta:5.0f}s] {r['label']:<58} {what}", flush=True)
+        if r.get("same_as"):
+            what += " (cap never reached: as " + r["same_as"].rsplit(" ", 1)[-1] + ")"
+        print(f"[{done[0]:>4}/{total} {elapsed:6.0f}s eta {eta:5.0f}s] {r['label']:<58} {what}", flush=True)
 
     if args.ray_address:
         results = run_ray(tasks, args.ray_address, on_result)
@@ -237,12 +241,12 @@ def cmd_search(args) -> int:
     feasible = [r for r in results if r.get("feasible") and r["capacity_qps"] > 0]
     key = "capacity_per_dollar_hour" if prices and any("capacity_per_dollar_hour" in r for r in feasible) else "capacity_per_gpu"
     winner = max(feasible, key=lambda r: r.get(key, 0.0)) if feasible else None
-    data = {"command": "podserve " + " ".join(sys.argv[1:]), "wall_s": wall, "num_configs": len(tasks),
+    data = {"command": "podserve " + " ".join(sys.argv[1:]), "wall_s": wall, "num_configs": total,
             "slo": asdict(slo), "workload": asdict(wcfg), "objective": key, "prices": prices,
             "winner": winner, "pareto_front": [r["label"] for r in pareto_front(feasible, key_y=key)], "results": results}
     (out / "search.json").write_text(json.dumps(data, indent=2))
     _write_csv(out / "search.csv", results)
-    print(f"{len(tasks)} configurations in {wall:.0f}s ({len(feasible)} with capacity > 0)")
+    print(f"{total} configurations in {wall:.0f}s ({len(feasible)} with capacity > 0)")
     if winner:
         m = winner["slo_margins"]
         print(f"winner by {key}: {winner['label']}: {winner['capacity_qps']:.3f} QPS on {winner['num_gpus']} GPUs "

@@ -66,6 +66,10 @@ class SearchTask:
     max_probes: int = 12
     qps_start: float = 1.0
     max_model_len: int | None = None
+    more_max_num_seqs: tuple[int, ...] = ()
+    """Larger batch caps of the same deployment, evaluated after ``point`` in this task: when
+    no probe ever reached the smaller cap, a larger one changes no scheduling decision, so
+    its result is the same and is not simulated again."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,6 +90,36 @@ def _base_workload(workload: WorkloadConfig) -> tuple:
     rate, so the workload at ``qps`` is this one with arrival times divided by ``qps``:
     every probe sees the same requests, and the trace is read once."""
     return tuple(generate(replace(workload, qps=1.0, arrival="poisson")))
+
+
+def group_tasks(points: list[SearchPoint], **task_fields) -> list[SearchTask]:
+    """One task per deployment, its max_num_seqs values ascending in ``more_max_num_seqs``
+    (SLO-budget points stay alone: their budget looks at the free batch slots)."""
+    groups: dict[SearchPoint, list[int]] = {}
+    for p in points:
+        if p.tbt_budget:
+            groups[p] = [p.max_num_seqs]
+        else:
+            groups.setdefault(replace(p, max_num_seqs=0), []).append(p.max_num_seqs)
+    tasks = []
+    for key, seqs in groups.items():
+        seqs = sorted(set(seqs))
+        tasks.append(SearchTask(replace(key, max_num_seqs=seqs[0]), more_max_num_seqs=tuple(seqs[1:]), **task_fields))
+    return tasks
+
+
+def evaluate_group(task: SearchTask) -> list[dict]:
+    """Results of ``task.point`` and of each larger cap in ``task.more_max_num_seqs``."""
+    results = [evaluate(task)]
+    for seqs in task.more_max_num_seqs:
+        prev = results[-1]
+        point = replace(task.point, max_num_seqs=seqs)
+        if prev.get("feasible") and prev["peak_running"] < prev["point"]["max_num_seqs"]:
+            results.append({**prev, "point": asdict(point), "label": point.label(), "wall_s": 0.0,
+                            "same_as": prev["label"]})
+        else:
+            results.append(evaluate(replace(task, point=point, more_max_num_seqs=())))
+    return results
 
 
 def evaluate(task: SearchTask) -> dict:
@@ -112,13 +146,16 @@ def evaluate(task: SearchTask) -> dict:
         return {**out, "feasible": False, "reason": str(e), "wall_s": time.perf_counter() - t0}
 
     best: dict = {}
-    base = _base_workload(task.workload)
+    peak = [0]
+    # The same number of requests per replica: a two-replica probe runs as long as a one-replica one.
+    base = _base_workload(replace(task.workload, num_requests=task.workload.num_requests * pt.num_replicas))
 
     def probe(qps: float) -> Probe:
         budget = SLOTokenBudget(cost, task.slo.tbt_s) if pt.tbt_budget else None
         sim = Simulator(cluster, cost, blocks, token_budget=budget)
         workload = [WorkloadRequest(w.arrival_time / qps, w.num_prompt_tokens, w.num_output_tokens) for w in base]
         res = sim.run(workload, slo=task.slo)
+        peak[0] = max(peak[0], sim.peak_running)
         s = res.collector.summary()
         passed = res.stopped_early is None and task.slo.check(s)
         if passed and qps >= best.get("qps", 0.0):
@@ -133,7 +170,7 @@ def evaluate(task: SearchTask) -> dict:
     return {
         **out, "feasible": True, "capacity_qps": result.capacity_qps, "bracket": list(result.bracket),
         "capacity_per_gpu": result.capacity_qps / pt.num_gpus, "num_probes": len(result.probes),
-        "kv_blocks_per_replica": blocks,
+        "kv_blocks_per_replica": blocks, "peak_running": peak[0],
         "p99_ttft_s": s["ttft"]["p99"] if s else None, "p99_tbt_s": s["tbt"]["p99"] if s else None,
         "slo_margins": task.slo.margins(s) if s else None, "wall_s": time.perf_counter() - t0,
     }
@@ -144,16 +181,18 @@ def run_local(tasks: list[SearchTask], workers: int, on_result) -> list[dict]:
     results = []
     if workers <= 1:
         for t in tasks:
-            results.append(evaluate(t))
-            on_result(results[-1])
+            for r in evaluate_group(t):
+                results.append(r)
+                on_result(r)
         return results
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(evaluate, t) for t in tasks]
+        futures = [pool.submit(evaluate_group, t) for t in tasks]
         for f in as_completed(futures):
-            results.append(f.result())
-            on_result(results[-1])
+            for r in f.result():
+                results.append(r)
+                on_result(r)
     return results
 
 
@@ -164,13 +203,14 @@ def run_ray(tasks: list[SearchTask], address: str, on_result) -> list[dict]:
     except ImportError:
         raise ValueError("--ray-address needs Ray: pip install 'ray[default]' (or drop --ray-address to use local processes)") from None
     ray.init(address=address, ignore_reinit_error=True)
-    remote = ray.remote(evaluate)
+    remote = ray.remote(evaluate_group)
     pending = [remote.remote(t) for t in tasks]
     results = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        results.append(ray.get(done[0]))
-        on_result(results[-1])
+        for r in ray.get(done[0]):
+            results.append(r)
+            on_result(r)
     return results
 
 

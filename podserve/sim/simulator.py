@@ -68,6 +68,8 @@ class Simulator:
         self._seq = itertools.count()
         self.now = 0.0
         self.num_iterations = 0
+        self.peak_running = 0
+        """Most requests any replica ever had running: below max_num_seqs, the cap never bound."""
         self.watch: SLOWatch | None = None
 
     def _push(self, t: float, kind: str, payload: tuple = ()) -> None:
@@ -86,6 +88,9 @@ class Simulator:
         if not replica.can_start(now):
             return
         batch = replica.form_batch(now)
+        running = len(replica.scheduler.running)
+        if running > self.peak_running:
+            self.peak_running = running
         if batch.is_empty:
             return  # idle until an arrival or a finishing batch wakes it
         cost = self.cost_model.iteration_cost(batch)

@@ -59,3 +59,20 @@ def test_search_cli_end_to_end(tmp_path, capsys):
     assert all(r["capacity_qps"] > 0 and "capacity_per_dollar_hour" in r for r in feasible)
     assert data["winner"]["label"] in out and "margin" in out
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "search.csv").is_file()
+
+
+def test_larger_batch_cap_that_never_binds_is_not_resimulated():
+    from podserve.sim.search import evaluate_group, group_tasks
+
+    points = grid(["llama-3-8b"], ["h100"], [1], [1], [1], ["sarathi"], [512], [64, 4096])
+    (task,) = group_tasks(points, workload=WorkloadConfig(num_requests=80), slo=LatencySLO(1.0, 0.05))
+    small, big = evaluate_group(task)
+    assert small["point"]["max_num_seqs"] == 64 and big["point"]["max_num_seqs"] == 4096
+    if small["peak_running"] < 64:
+        assert big["same_as"] == small["label"] and big["capacity_qps"] == small["capacity_qps"]
+    else:  # the small cap bound: the larger one was simulated, and admits at least as much
+        assert "same_as" not in big and big["peak_running"] >= small["peak_running"]
+    (t2,) = group_tasks(grid(["llama-3-8b"], ["h100"], [1], [1], [1], ["sarathi"], [512], [2, 4096]),
+                        workload=WorkloadConfig(num_requests=80), slo=LatencySLO(1.0, 0.05))
+    tiny, _ = evaluate_group(t2)
+    assert tiny["peak_running"] == 2  # a cap of 2 binds on this load: no shortcut possible
