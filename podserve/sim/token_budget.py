@@ -47,7 +47,13 @@ class SLOTokenBudget:
             chunks.append((q, start))
             left -= q
         c = self.cost_model.estimate(nd, sum_kv, max_kv, chunks, nd + len(chunks))
-        return c.host + self.cost_model.pp * c.stage + c.last_stage_extra
+        pp = self.cost_model.pp
+        if pp == 1:
+            return c.host + c.stage + c.last_stage_extra
+        # Under pipeline parallelism a request's next token needs its micro-batch to clear
+        # all pp stages and then a free stage 0, which may still hold the next micro-batch:
+        # up to pp + 1 stage slots, each as long as this one if every micro-batch is sized alike.
+        return (pp + 1) * (c.host + c.stage) + c.last_stage_extra
 
     def __call__(self, scheduler, decodes) -> int:
         nd = len(decodes)
