@@ -51,7 +51,11 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperatures this small would overflow the softmax: treat them as 0, as vLLM does."""
+        return self.temperature < _GREEDY_BELOW
+
+
+_GREEDY_BELOW = 1e-5
 
 
 def _finite(x) -> bool:

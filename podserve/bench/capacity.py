@@ -85,6 +85,11 @@ def decode_iteration_time(engine, *, batch_size: int, prompt_tokens: int, output
     from podserve.request import SamplingParams
 
     durations: list[float] = []
+    # Under a small chunk the first requests would finish before the last is prefilled:
+    # generate long enough that the whole batch decodes together for ``output_tokens`` steps.
+    cfg = engine.scheduler.config
+    chunk = cfg.chunk_size if cfg.policy in ("sarathi", "simple-chunking") else cfg.token_cap
+    output_tokens += -(-batch_size * prompt_tokens // max(1, chunk - batch_size)) + batch_size
 
     def listen(batch, start, end):
         if batch.num_prefills == 0 and batch.num_decodes == batch_size:

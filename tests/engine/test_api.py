@@ -158,3 +158,37 @@ def test_cli_bad_model_path_exits_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr
+
+
+def test_bfloat16_on_cpu_tracks_float32(tmp_path):
+    """bf16 weights and activations run on CPU and agree with float32 on the first tokens."""
+    import torch
+
+    from podserve import LLM
+    from tests.engine.tiny_model import write_tiny_llama
+
+    write_tiny_llama(tmp_path, seed=3)
+    prompts = [[5, 9, 33, 71, 100, 12, 7, 8], [200, 201, 202]]
+    p = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    f32 = LLM(str(tmp_path), dtype="float32")
+    b16 = LLM(str(tmp_path), dtype="bfloat16")
+    assert b16.engine.runner.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert b16.engine.runner.kv_pool.caches[0][0].dtype == torch.bfloat16
+    a = [o.outputs[0].token_ids[:2] for o in f32.generate(prompts, p, use_tqdm=False)]
+    b = [o.outputs[0].token_ids[:2] for o in b16.generate(prompts, p, use_tqdm=False)]
+    assert a == b
+
+
+def test_cli_chat_loop_answers_and_exits():
+    proc = subprocess.run(
+        [sys.executable, "-m", "podserve.entrypoints.cli", "chat", "--temperature", "0", "--max-tokens", "24"],
+        input="What is the capital of France?\n\n", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+
+
+def test_vanishing_temperature_samples_greedily(default_llm):
+    greedy = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=0), use_tqdm=False)
+    tiny = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=6e-121), use_tqdm=False)
+    assert tiny[0].outputs[0].token_ids == greedy[0].outputs[0].token_ids

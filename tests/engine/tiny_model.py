@@ -8,19 +8,10 @@ import torch
 
 
 def byte_tokenizer_json(path: Path) -> None:
-    """A byte-level BPE tokenizer with 256 byte tokens, no merges, and <s>/</s> specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
+    """The byte-level tokenizer (ids 0/1 = <s>/</s>) saved as an HF tokenizer directory."""
+    from podserve.model.byte_tokenizer import byte_level_backend
 
-    alphabet = ByteLevel.alphabet()
-    vocab = {"<s>": 0, "</s>": 1}
-    for ch in sorted(alphabet):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<s>", "</s>"])
-    tok.save(str(path / "tokenizer.json"))
+    byte_level_backend().save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False,
                     "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"})

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server: protocol (pydantic models), serving (logic), server (app + runner)."""
