@@ -95,7 +95,7 @@ def _device_description(device: str) -> str:
 
 def _header(args, engine_config) -> dict:
     return {
-        "command": "podserve " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("podserve") else " ".join(sys.argv),
+        "command": "podserve " + " ".join(sys.argv[1:]),  # also when run as python -m ...cli
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": _device_description(engine_config.device),
         "engine": asdict(engine_config),
@@ -138,6 +138,7 @@ def cmd_capacity(args) -> int:
     from podserve.bench.workloads import generate
     from podserve.core.scheduler import SCHEDULERS
     from podserve.engine.engine import Engine
+    from podserve.metrics import distribution
 
     policies = [p.strip() for p in args.scheduler.split(",") if p.strip()]
     unknown = [p for p in policies if p not in SCHEDULERS]
@@ -168,20 +169,25 @@ def cmd_capacity(args) -> int:
             s = run.collector.summary()
             passed = run.stopped_early is None and slo.check(s)
             if passed or "run" not in last:
-                last["run"] = run  # keep the highest passing run for the plots
-            return Probe(qps, passed, s["tbt"]["p99"], s["scheduling_delay"]["p50"], run.wall_s, run.stopped_early, s)
+                last["run"], last["qps"] = run, qps  # keep the highest passing run for the plots
+            tbt, delay = s["tbt"]["p99"], s["scheduling_delay"]["p50"]
+            if run.stopped_early:  # its requests were aborted: report what they had measured
+                records = run.collector.requests
+                tbt = distribution(x for r in records for x in r.tbt)["p99"]
+                delay = distribution(r.scheduling_delay for r in records)["p50"]
+            return Probe(qps, passed, tbt, delay, run.wall_s, run.stopped_early, s)
 
         def report(p: Probe, policy=policy) -> None:
             tbt = "n/a" if p.p99_tbt_s is None else f"{p.p99_tbt_s * 1e3:8.1f} ms"
             delay = "n/a" if p.p50_delay_s is None else f"{p.p50_delay_s:6.2f} s"
-            note = f"  (stopped: {p.stopped_early})" if p.stopped_early else ""
+            note = f"  (stopped early: {p.stopped_early})" if p.stopped_early else ""
             print(f"[{policy}] qps={p.qps:8.3f}  p99 TBT={tbt}  p50 delay={delay}  -> {'PASS' if p.passed else 'fail'}  "
                   f"[{p.wall_s:.0f}s]{note}", flush=True)
 
         result = find_capacity(probe, qps_start=args.qps, tolerance=args.tolerance, min_qps=args.min_qps,
                                max_probes=args.max_probes, on_probe=report)
         results[policy] = result
-        collectors[policy] = last["run"].collector
+        collectors[f"{policy} @ {last['qps']:.3g} QPS"] = last["run"].collector
         print(f"[{policy}] capacity: {result.capacity_qps:.3f} QPS (bracket {result.bracket}, tolerance {result.tolerance:.0%})", flush=True)
         del engine
     data = {**header, "workload": asdict(_workload_config(args, arrival="poisson")),

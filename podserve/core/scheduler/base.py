@@ -227,6 +227,16 @@ class Scheduler:
                 f"scheduler {self.name!r} runs whole prompts, so max_num_batched_tokens ({cap}) "
                 f"must be >= max_model_len ({limit}); raise it or lower max_model_len")
 
+    def _check_full_reservation_fits(self) -> None:
+        """Policies that reserve KV for ``max_model_len`` up front need one such
+        reservation to fit the cache above its watermark, or nothing could ever run."""
+        kv, limit = self.kv, self.config.max_model_len
+        if kv.blocks_needed(limit) > kv.num_blocks - kv.watermark_blocks:
+            raise ValueError(
+                f"scheduler {self.name!r} reserves KV for max_model_len={limit} tokens per request, "
+                f"more than the cache holds above its watermark "
+                f"({kv.num_blocks - kv.watermark_blocks} blocks of {kv.block_size}); lower max_model_len")
+
     def _reserve_decode(self, request: Request, batch: ScheduledBatch) -> bool:
         """Find KV for one more token of ``request``, preempting the newest running
         requests if needed. Returns False if ``request`` itself had to be preempted."""

@@ -19,11 +19,7 @@ class FasterTransformerScheduler(Scheduler):
     def __init__(self, config, kv):
         super().__init__(config, kv)
         self._check_whole_prompts_fit()
-        if kv.blocks_needed(config.max_model_len) > kv.num_blocks - kv.watermark_blocks:
-            raise ValueError(
-                f"scheduler 'fastertransformer' reserves KV for max_model_len={config.max_model_len} "
-                f"tokens per request, more than the cache holds above its watermark "
-                f"({kv.num_blocks - kv.watermark_blocks} blocks of {kv.block_size})")
+        self._check_full_reservation_fits()
 
     def _schedule(self, batch: ScheduledBatch):
         if self.running:

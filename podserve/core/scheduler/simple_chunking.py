@@ -10,7 +10,7 @@ class SimpleChunkingScheduler(Scheduler):
     then new requests FCFS) with decode-only iterations (every running decode). When one
     kind has no work, the other runs, so chunking bounds each iteration's length but
     decodes still wait out every prefill iteration.
-    Source: the "chunked prefills only" ablation of Sarathi-Serve (OSDI 2024, sec. 5.4).
+    Source: the chunked-prefills-only ablation in the Sarathi-Serve paper (OSDI 2024).
     """
 
     name = "simple-chunking"
