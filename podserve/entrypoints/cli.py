@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     from podserve.entrypoints import bench_cli
 
     bench_cli.register(sub)
+    from podserve.entrypoints import sim_cli
+
+    sim_cli.register(sub)
     return parser
 
 

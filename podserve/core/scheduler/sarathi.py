@@ -19,11 +19,19 @@ class SarathiScheduler(Scheduler):
 
     name = "sarathi"
 
+    token_budget = None
+    """Optional callable ``(scheduler, decodes) -> int`` giving this iteration's token budget
+    (decodes included) once the decodes are chosen, e.g. the largest one whose predicted
+    iteration time meets a TBT SLO (``podserve.sim.token_budget.SLOTokenBudget``). None
+    keeps the fixed ``chunk_size``, which then also caps the decodes."""
+
     def _schedule(self, batch: ScheduledBatch):
         budget = self.config.chunk_size
         max_prefills = 1 if self.config.decode_maximal else None
         # 1. One token for every running decode; preempt the newest requests on KV shortage.
         decodes = self._schedule_decodes(batch, budget)
+        if self.token_budget is not None:
+            budget = max(len(decodes), min(budget, self.token_budget(self, decodes)))
         # 2-3. Chunks of prefills under way, then new requests, in what budget remains.
         prefills = self._schedule_chunks(budget - len(decodes), max_prefills)
         return decodes, prefills

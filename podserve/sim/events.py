@@ -1,0 +1,24 @@
+"""Simulation events. Each carries its time and knows which handler of the Simulator runs it.
+
+Ordered by (time, kind priority, sequence number): at equal times, batch ends are
+handled before schedule attempts so a finishing batch frees its KV first, and before
+arrivals so the freed capacity is visible to the request that arrives at that instant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True)
+class Event:
+    time: float
+    priority: int
+    seq: int
+    kind: str = field(compare=False)
+    payload: tuple = field(compare=False, default=())
+
+
+BATCH_END, STAGE_END, ARRIVAL, SCHEDULE = "batch_end", "stage_end", "arrival", "schedule"
+PRIORITY = {BATCH_END: 0, STAGE_END: 1, ARRIVAL: 2, SCHEDULE: 3}
+"""Request arrival; replica tries to form a batch; a pipeline stage finishes a micro-batch;
+a batch leaves its last stage (tokens are sampled, requests advance)."""

@@ -1,0 +1,90 @@
+"""Fidelity: run one workload through the real engine and through the simulator, compare.
+
+Both runs report to ``MetricsCollector``, so the comparison is over identical summaries:
+P50 and P90 of TTFT, TBT and E2E, plus request throughput.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from podserve.bench.workloads import WorkloadRequest
+from podserve.config import EngineConfig
+
+METRICS = ("ttft", "tbt", "e2e")
+PERCENTILES = ("p50", "p90")
+
+
+@dataclass
+class FidelityReport:
+    rows: list[dict]
+    """One per compared number: metric, engine, simulated, relative error."""
+    engine_summary: dict
+    sim_summary: dict
+
+    @property
+    def median_abs_error(self) -> float:
+        return float(np.median([abs(r["error"]) for r in self.rows]))
+
+    def format(self) -> str:
+        lines = [f"{'metric':<22}{'engine':>12}{'simulated':>12}{'error':>9}"]
+        for r in self.rows:
+            lines.append(f"{r['metric']:<22}{r['engine']:>12.4f}{r['simulated']:>12.4f}{r['error']:>+9.1%}")
+        lines.append(f"median absolute error: {self.median_abs_error:.1%}")
+        return "\n".join(lines)
+
+
+def compare(engine_summary: dict, sim_summary: dict) -> FidelityReport:
+    rows = []
+    for m in METRICS:
+        for p in PERCENTILES:
+            e, s = engine_summary[m][p], sim_summary[m][p]
+            if e:
+                rows.append({"metric": f"{m} {p} (s)", "engine": e, "simulated": s, "error": (s - e) / e})
+    e, s = engine_summary["throughput_requests_per_s"], sim_summary["throughput_requests_per_s"]
+    rows.append({"metric": "throughput (req/s)", "engine": e, "simulated": s, "error": (s - e) / e})
+    return FidelityReport(rows, engine_summary, sim_summary)
+
+
+def run_engine(engine_config: EngineConfig, workload: list[WorkloadRequest], seed: int = 0):
+    """The real engine at the workload's arrival times (podserve bench's runner)."""
+    from podserve.bench.runner import run_workload
+    from podserve.engine.engine import Engine
+
+    engine = Engine(engine_config)
+    return engine, run_workload(engine, workload, seed=seed)
+
+
+def run_sim(fitted, engine, workload: list[WorkloadRequest]):
+    """The simulator with the engine's own scheduler config and KV block count."""
+    from podserve.sim.cost_model import CostModel
+    from podserve.sim.simulator import ClusterConfig, Simulator
+
+    cfg = engine.config
+    cluster = ClusterConfig(scheduler=cfg.scheduler, block_size=cfg.cache.block_size, watermark=cfg.cache.watermark)
+    sim = Simulator(cluster, CostModel(fitted, engine.model_config), engine.kv.num_blocks)
+    return sim.run(workload)
+
+
+def run_fidelity(model: str | None, workload: list[WorkloadRequest], *, scheduler=None, grid=None,
+                 max_model_len: int = 2048, threads: int | None = 1, profile_dir=None, progress=print) -> FidelityReport:
+    """Profile ``model`` on this CPU, run ``workload`` through the engine and the simulator,
+    and compare. Uses ``threads`` torch threads for both (the profile is only valid for the
+    thread count it was measured with)."""
+    from dataclasses import replace
+
+    from podserve.config import CacheConfig, SchedulerConfig
+    from podserve.sim.predictors import fit_profile
+    from podserve.sim.profiler import ProfileGrid, Profiler
+
+    profiler = Profiler(model, grid=grid or ProfileGrid.quick(), threads=threads, max_model_len=max_model_len, progress=progress)
+    profile = profiler.run()
+    if profile_dir is not None:
+        profile.save(profile_dir)
+    fitted = fit_profile(profile)
+    del profiler  # free its engine before building the measured one
+    sched = replace(scheduler or SchedulerConfig(), max_model_len=max_model_len)
+    engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched, cache=CacheConfig()), workload)
+    sim = run_sim(fitted, engine, workload)
+    return compare(run.collector.summary(), sim.collector.summary())
