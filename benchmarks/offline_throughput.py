@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both systems (default: torch's)")
     ap.add_argument("--out", default=None, help="write results JSON here")
     args = ap.parse_args()
 
@@ -99,6 +100,8 @@ def main():
     from podserve import LLM, SamplingParams
     from podserve.model.default_model import default_gguf_path
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     requests = make_requests(args)
     llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs)
     path = default_gguf_path()
