@@ -48,6 +48,9 @@ class PagedKVPool:
 
 def _cuda_budget(device: torch.device, cache: CacheConfig) -> int:
     """Free memory left under ``gpu_memory_utilization`` once the weights are loaded."""
+    # Hand back what torch's caching allocator holds unused (e.g. a previous engine's pool):
+    # it is free for this one, and the VMM pool allocates outside torch.
+    torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     used = total - free
     # Keep headroom for activations: 10% of what remains, at least 1 GiB.
