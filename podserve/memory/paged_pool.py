@@ -1,6 +1,7 @@
 """The physical paged KV pool: one K and one V tensor per layer, sized from a budget."""
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,7 @@ def _cuda_budget(device: torch.device, cache: CacheConfig) -> int:
     """Free memory left under ``gpu_memory_utilization`` once the weights are loaded."""
     # Hand back what torch's caching allocator holds unused (e.g. a previous engine's pool):
     # it is free for this one, and the VMM pool allocates outside torch.
+    gc.collect()  # an engine dropped inside a reference cycle still holds its pool until collected
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     used = total - free

@@ -176,6 +176,14 @@ class VirtualKVPool:
         self.caches = []
         self.memory.close()
 
+    def __del__(self):
+        # Physical pages come from the driver, not torch's allocator: without this, an engine
+        # dropped without close() would hold its GPU memory until the process exits.
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # --- internals -----------------------------------------------------------------------
     def _map_ahead(self, targets: dict[int, int], stat: str) -> None:
         t0 = time.perf_counter()
