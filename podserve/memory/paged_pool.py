@@ -27,24 +27,28 @@ class PagedKVPool:
     @classmethod
     def create(cls, model: LlamaConfig, cache: CacheConfig, dtype: torch.dtype, device: torch.device) -> "PagedKVPool":
         per_block = cls.bytes_per_block(model, cache.block_size, dtype)
-        if cache.num_blocks is not None:
-            num_blocks = cache.num_blocks
-        else:
-            budget = cache.kv_cache_memory
-            if budget is None:
-                budget = CPU_DEFAULT_KV_BYTES if device.type == "cpu" else _cuda_budget(device, cache)
-            num_blocks = budget // per_block
-        if num_blocks < 1:
-            raise ValueError(
-                f"KV cache budget too small: one block of {cache.block_size} tokens needs {per_block} bytes; "
-                "raise --kv-cache-memory"
-            )
+        num_blocks = num_kv_units(cache, device, per_block, f"one block of {cache.block_size} tokens")
         shape = (num_blocks, cache.block_size, model.num_key_value_heads, model.head_dim)
         caches = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(model.num_hidden_layers)
         ]
         return cls(caches, num_blocks, cache.block_size)
+
+
+def num_kv_units(cache: CacheConfig, device: torch.device, unit_bytes: int, unit_name: str) -> int:
+    """How many KV units (blocks or pages) of ``unit_bytes`` the budget holds: a forced
+    count, ``kv_cache_memory``, 1 GiB on CPU, or what the GPU has left. At least one."""
+    if cache.num_blocks is not None:
+        count = cache.num_blocks
+    else:
+        budget = cache.kv_cache_memory
+        if budget is None:
+            budget = CPU_DEFAULT_KV_BYTES if device.type == "cpu" else _cuda_budget(device, cache)
+        count = budget // unit_bytes
+    if count < 1:
+        raise ValueError(f"KV cache budget too small: {unit_name} needs {unit_bytes} bytes; raise --kv-cache-memory")
+    return count
 
 
 def _cuda_budget(device: torch.device, cache: CacheConfig) -> int:

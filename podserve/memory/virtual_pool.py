@@ -22,7 +22,7 @@ import torch
 
 from podserve.config import CacheConfig
 from podserve.core.kv.virtual import MemoryPlan, VirtualKVManager
-from podserve.memory.paged_pool import CPU_DEFAULT_KV_BYTES, _cuda_budget
+from podserve.memory.paged_pool import num_kv_units
 from podserve.model.config import LlamaConfig
 
 CPU_DEFAULT_PAGE_BYTES = 64 << 10  # small pages on CPU: commit granularity is 4 KiB anyway
@@ -101,15 +101,7 @@ class VirtualKVPool:
         pages_per_slot = -(-max_model_len // tokens_per_page)
         max_ctx = pages_per_slot * tokens_per_page
         per_page_all_layers = 2 * model.num_hidden_layers * page_bytes
-        if cache.num_blocks is not None:
-            num_pages = cache.num_blocks
-        else:
-            budget = cache.kv_cache_memory
-            if budget is None:
-                budget = CPU_DEFAULT_KV_BYTES if device.type == "cpu" else _cuda_budget(device, cache)
-            num_pages = budget // per_page_all_layers
-        if num_pages < 1:
-            raise ValueError(f"KV cache budget too small: one page across all layers needs {per_page_all_layers} bytes; raise --kv-cache-memory")
+        num_pages = num_kv_units(cache, device, per_page_all_layers, "one page across all layers")
         size = 2 * model.num_hidden_layers * max_batch * pages_per_slot * page_bytes
         try:
             memory = backend(size, page_bytes, num_pages * 2 * model.num_hidden_layers, device)
