@@ -45,7 +45,25 @@ class CacheConfig:
     watermark: float = 0.01
     """Fraction of blocks kept free when admitting new requests."""
     num_blocks: int | None = None
-    """Force a block count (tests, simulator); overrides the memory budget."""
+    """Force a block count (tests, simulator); overrides the memory budget. With
+    ``kv_layout="virtual"`` it forces the physical page count instead."""
+    kv_layout: str = "paged"
+    """"paged" (block tables) or "virtual" (vAttention: a contiguous slot per request,
+    physical pages mapped on demand)."""
+    page_size: int | None = None
+    """Virtual KV: bytes of one physical page per layer K or V; None = 2 MiB-granular
+    on CUDA, about 64 KiB on CPU (rounded to whole tokens and granules)."""
+    kv_background_map: bool = True
+    """Virtual KV: map pages for coming decode steps on a background thread while the
+    iteration computes; False maps synchronously, on demand (for comparison)."""
+    kv_lookahead: int = 8
+    """Virtual KV with background mapping: tokens of growth mapped ahead of need."""
+
+    def __post_init__(self):
+        if self.kv_layout not in ("paged", "virtual"):
+            raise ValueError(f"CacheConfig.kv_layout={self.kv_layout!r} is invalid: choose paged or virtual (--kv)")
+        if not isinstance(self.kv_lookahead, int) or self.kv_lookahead < 0:
+            raise ValueError(f"CacheConfig.kv_lookahead={self.kv_lookahead!r} is invalid: expected an integer >= 0")
 
 
 @dataclass(frozen=True)

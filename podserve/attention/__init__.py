@@ -10,7 +10,26 @@ def make_backend(name: str) -> AttentionBackend:
         from podserve.attention.torch_ref import TorchAttentionBackend
 
         return TorchAttentionBackend()
-    raise ValueError(f"unknown attention backend {name!r}; available: torch")
+    if name in ("triton", "pod"):
+        _check_triton_runs(name)
+        if name == "triton":
+            from podserve.attention.triton import TritonAttention
+
+            return TritonAttention()
+        from podserve.attention.pod import PodAttention
+
+        return PodAttention()
+    raise ValueError(f"unknown attention backend {name!r}; available: torch, triton, pod")
+
+
+def _check_triton_runs(name: str) -> None:
+    """Triton kernels need CUDA, or its CPU interpreter (TRITON_INTERPRET=1, slow: tests only)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"--attention {name} needs a CUDA device (or TRITON_INTERPRET=1 for CPU testing); use --attention torch on CPU")
 
 
 __all__ = ["AttentionBackend", "AttentionMetadata", "make_backend"]

@@ -3,6 +3,10 @@
 Decodes are attended together (their K/V gathered from the block table into one padded
 tensor, one SDPA call per layer); prefill chunks one by one, with a causal mask offset
 by the cached prefix.
+
+The gathers read each sequence's own tokens only (positions past its length re-read its
+first token, then are masked): never whole blocks. With virtual KV a block is a whole
+``max_ctx`` slot whose tail is not mapped, and reading it would fault.
 """
 from __future__ import annotations
 
@@ -45,34 +49,51 @@ class TorchAttentionBackend(AttentionBackend):
             out[start : start + q_len] = self._prefill(q[start : start + q_len], i, q_len, seq_len, k_cache, v_cache, meta, scale)
         return out
 
-    def _gather(self, cache, block_table_rows, num_blocks):
-        # cache [num_blocks_total, block_size, kv_heads, head_dim] -> [rows, num_blocks*block_size, kv_heads, head_dim]
-        g = cache[block_table_rows[:, :num_blocks]]
-        return g.flatten(1, 2)
+    def _index(self, key, meta, rows: slice, lengths: list[int], block_size: int) -> torch.Tensor:
+        """Flat cache indices [num_rows, max(lengths)] of each row's positions 0..len-1,
+        computed once per batch and shared by every layer."""
+        idx = self._shared["masks"].get(key)
+        if idx is None:
+            dev = meta.block_tables.device
+            pos = torch.arange(max(lengths), device=dev)  # [L]
+            lens = torch.tensor(lengths, device=dev)  # [rows]
+            pos = torch.where(pos[None, :] < lens[:, None], pos[None, :], 0)  # [rows, L]; past the end: token 0
+            blocks = torch.gather(meta.block_tables[rows].long(), 1, pos // block_size)  # [rows, L]
+            idx = blocks * block_size + pos % block_size
+            self._shared["masks"][key] = idx
+        return idx
 
     def _decode(self, q, k_cache, v_cache, meta, scale):
         b, lens, max_len = self._shared["decode"]
-        block_size = k_cache.shape[1]
-        nblk = -(-max_len // block_size)
+        _, block_size, num_kv_heads, head_dim = k_cache.shape
         key = ("decode_mask", block_size)
         mask = self._shared["masks"].get(key)
         if mask is None:
-            pos = torch.arange(nblk * block_size, device=q.device)
+            pos = torch.arange(max_len, device=q.device)
             mask = (pos[None, :] < lens[:, None].to(pos.dtype))[:, None, None, :]  # [b, 1, 1, L]
             self._shared["masks"][key] = mask
-        rows = meta.block_tables[:b]
-        keys = self._gather(k_cache, rows, nblk).transpose(1, 2)  # [b, kv_heads, L, head_dim]
-        vals = self._gather(v_cache, rows, nblk).transpose(1, 2)
+        idx = self._index(("decode_index", block_size), meta, slice(0, b), meta.seq_lens_cpu[:b], block_size)  # [b, L]
+        keys = k_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(1, 2)  # [b, kv_heads, L, head_dim]
+        vals = v_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(1, 2)
         qq = q.unsqueeze(2)  # [b, num_heads, 1, head_dim]
         o = F.scaled_dot_product_attention(qq, keys, vals, attn_mask=mask, scale=scale, enable_gqa=True)
         return o.squeeze(2)
 
     def _prefill(self, q, i, q_len, seq_len, k_cache, v_cache, meta, scale):
-        block_size = k_cache.shape[1]
-        nblk = -(-seq_len // block_size)
-        rows = meta.block_tables[i : i + 1]
-        keys = self._gather(k_cache, rows, nblk)[0, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
-        vals = self._gather(v_cache, rows, nblk)[0, :seq_len].transpose(0, 1)
+        _, block_size, num_kv_heads, head_dim = k_cache.shape
+        if seq_len <= block_size:
+            # One block holds the whole context (always so for virtual KV, where the block
+            # is the request's slot): attend over a zero-copy contiguous view.
+            key = ("prefill_block", i)
+            blk = self._shared["masks"].get(key)
+            if blk is None:
+                blk = self._shared["masks"][key] = int(meta.block_tables[i, 0])
+            keys = k_cache[blk, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
+            vals = v_cache[blk, :seq_len].transpose(0, 1)
+        else:
+            idx = self._index(("prefill_index", i, block_size), meta, slice(i, i + 1), [seq_len], block_size)[0]  # [seq_len]
+            keys = k_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
+            vals = v_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)
         qq = q.transpose(0, 1)  # [num_heads, q_len, head_dim]
         if q_len == seq_len:
             o = F.scaled_dot_product_attention(qq, keys, vals, is_causal=True, scale=scale, enable_gqa=True)

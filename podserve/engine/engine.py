@@ -31,7 +31,13 @@ class Engine:
         self.max_model_len = max_len
         self.config = replace(config, scheduler=replace(config.scheduler, max_model_len=max_len))
         self.runner = ModelRunner(self.config, source.config, source.weights, max_len)
-        self.kv = BlockManager(self.runner.num_blocks, self.config.cache.block_size, self.config.cache.watermark)
+        cache = self.config.cache
+        if cache.kv_layout == "virtual":
+            # Slots and physical pages; the pool applies the manager's map/unmap plan each step.
+            lookahead = cache.kv_lookahead if cache.kv_background_map else 0
+            self.kv = self.runner.kv_pool.make_manager(cache.watermark, lookahead)
+        else:
+            self.kv = BlockManager(self.runner.num_blocks, cache.block_size, cache.watermark)
         self.scheduler = make_scheduler(self.config.scheduler, self.kv)
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids or source.config.eos_token_ids)
         self._detok: dict[str, IncrementalDetokenizer] = {}

@@ -21,6 +21,7 @@ class LLM:
         scheduler: batching policy ("sarathi", ...). chunk_size: Sarathi token budget.
         max_num_seqs: most concurrent requests. kv_cache_memory: bytes for the KV pool.
         block_size: tokens per KV block. max_model_len: context cap. attention: backend.
+        kv_layout: "paged" or "virtual" (contiguous KV per request, pages mapped on demand).
         decode_maximal: original Sarathi (one prefill chunk per iteration).
     """
 
@@ -41,6 +42,7 @@ class LLM:
         attention: str = "torch",
         decode_maximal: bool = False,
         seed: int = 0,
+        kv_layout: str = "paged",
     ):
         config = EngineConfig(
             model=model,
@@ -56,7 +58,7 @@ class LLM:
                 max_num_batched_tokens=max_num_batched_tokens,
                 decode_maximal=decode_maximal,
             ),
-            cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks),
+            cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks, kv_layout=kv_layout),
         )
         self.engine = Engine(config)
 

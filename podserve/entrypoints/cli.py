@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level (default: info)")
     add_engine_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    from podserve.entrypoints import bench_cli
+
+    bench_cli.register(sub)
     return parser
 
 

@@ -30,6 +30,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16, help="tokens per paged KV block (default: 16)")
     g.add_argument("--kv-cache-memory", type=parse_bytes, default=None, help="bytes for the KV cache, e.g. 2GiB (default: 1GiB on CPU; on CUDA what --gpu-memory-utilization leaves)")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory the engine may use (default: 0.9)")
+    g.add_argument("--kv", default="paged", choices=["paged", "virtual"], help="KV cache layout: paged blocks, or virtual (contiguous per request, physical pages mapped on demand) (default: paged)")
+    g.add_argument("--kv-page-size", type=parse_bytes, default=None, help="--kv virtual: bytes of one physical page per layer K/V (default: 2MiB granule on CUDA, ~64KiB on CPU)")
+    g.add_argument("--kv-sync-map", action="store_true", help="--kv virtual: map pages synchronously on demand instead of ahead on a background thread")
     g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod"], help="attention backend (default: torch reference)")
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
 
@@ -53,5 +56,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             block_size=args.block_size,
             kv_cache_memory=args.kv_cache_memory,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            kv_layout=args.kv,
+            page_size=args.kv_page_size,
+            kv_background_map=not args.kv_sync_map,
         ),
     )

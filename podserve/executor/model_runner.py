@@ -11,6 +11,7 @@ from podserve.config import EngineConfig
 from podserve.core.batch import ExecutorOutput, ScheduledBatch
 from podserve.executor.sampler import Sampler
 from podserve.memory.paged_pool import PagedKVPool
+from podserve.memory.virtual_pool import VirtualKVPool
 from podserve.model.config import LlamaConfig
 from podserve.model.llama import LlamaForCausalLM
 
@@ -51,7 +52,12 @@ class ModelRunner:
             model.load_weights(weights())
         self.model = model.eval()
         self.backend = make_backend(config.attention)
-        self.kv_pool = PagedKVPool.create(model_config, config.cache, self.dtype, self.device)
+        if config.cache.kv_layout == "virtual":
+            # One contiguous slot per running request: slots = max_num_seqs.
+            self.kv_pool = VirtualKVPool.create(model_config, config.cache, self.dtype, self.device, config.scheduler.max_num_seqs, max_model_len)
+        else:
+            self.kv_pool = PagedKVPool.create(model_config, config.cache, self.dtype, self.device)
+        self._virtual = config.cache.kv_layout == "virtual"
         self.sampler = Sampler(self.device, config.seed)
 
     @property
@@ -105,7 +111,11 @@ class ModelRunner:
         start = time.perf_counter()
         ids, positions, meta, sample_idx = self.prepare(batch)
         self.backend.prepare(meta)
+        if self._virtual:
+            self.kv_pool.begin_step()  # map this batch's pages; pages ahead go to the mapping thread
         hidden = self.model(ids, positions, self.kv_pool.caches, meta, self.backend)
+        if self._virtual:
+            self.kv_pool.end_step()
         sampled: list[int | None] = [None] * batch.num_seqs
         if sample_idx:
             logits = self.model.compute_logits(hidden[sample_idx])  # [num_samples, vocab]

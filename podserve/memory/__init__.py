@@ -1,1 +1,1 @@
-"""Physical KV memory: the paged pool (and, later, virtual-memory backends)."""
+"""Physical KV memory: the paged pool, and the virtual pool over CUDA VMM or CPU mmap."""

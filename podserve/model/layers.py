@@ -50,8 +50,10 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = rope_inv_freq(head_dim, theta, scaling)
         # Tables stay float32 whatever the weights' dtype: bf16 angles lose precision fast.
-        t = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)
-        freqs = torch.outer(t, inv_freq.float())  # [max_positions, head_dim // 2]
+        # The ambient default device (the runner builds under ``with torch.device(...)``):
+        # inv_freq is computed on the CPU in float64, the tables must live with the model.
+        t = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq.float().to(t.device))  # [max_positions, head_dim // 2]
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 from podserve.config import SchedulerConfig
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler.base import RequestUpdate, Scheduler
+from podserve.core.scheduler.fastertransformer import FasterTransformerScheduler
+from podserve.core.scheduler.orca import OrcaScheduler
 from podserve.core.scheduler.sarathi import SarathiScheduler
+from podserve.core.scheduler.simple_chunking import SimpleChunkingScheduler
+from podserve.core.scheduler.vllm import VLLMScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    SarathiScheduler.name: SarathiScheduler,
+    cls.name: cls
+    for cls in (SarathiScheduler, VLLMScheduler, OrcaScheduler, FasterTransformerScheduler, SimpleChunkingScheduler)
 }
 
 
@@ -20,4 +25,7 @@ def make_scheduler(config: SchedulerConfig, kv: BlockManager) -> Scheduler:
     return cls(config, kv)
 
 
-__all__ = ["SCHEDULERS", "RequestUpdate", "Scheduler", "SarathiScheduler", "make_scheduler"]
+__all__ = [
+    "SCHEDULERS", "FasterTransformerScheduler", "OrcaScheduler", "RequestUpdate", "SarathiScheduler",
+    "Scheduler", "SimpleChunkingScheduler", "VLLMScheduler", "make_scheduler",
+]

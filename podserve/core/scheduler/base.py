@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from podserve.config import SchedulerConfig
 from podserve.core.batch import ExecutorOutput, ScheduledBatch, ScheduledSeq
@@ -154,6 +155,77 @@ class Scheduler:
         self.waiting.appendleft(request)
         self.num_preemptions += 1
         batch.preempted_ids.append(request.request_id)
+
+    def _schedule_decodes(self, batch: ScheduledBatch, budget: int) -> list[tuple[Request, int]]:
+        """One token for every running request past its prefill, oldest first, while
+        ``budget`` lasts; on KV shortage the newest running requests are preempted."""
+        decodes: list[tuple[Request, int]] = []
+        for request in list(self.running):
+            if request.is_prefill or request not in self.running or budget == 0:
+                continue
+            if self._reserve_decode(request, batch):
+                decodes.append((request, 1))
+                budget -= 1
+        return decodes
+
+    def _schedule_chunks(self, budget: int, max_prefills: int | None = None) -> list[tuple[Request, int]]:
+        """Prefill chunks under ``budget``: first the next chunk of every request whose
+        prefill is under way, then new requests FCFS, the last one chunked to fit.
+
+        KV for the whole prompt is reserved on admission so a chunked prefill never
+        stalls half-way. ``max_prefills`` caps the number of chunks (decode-maximal).
+        """
+        prefills: list[tuple[Request, int]] = []
+
+        def full() -> bool:
+            return max_prefills is not None and len(prefills) >= max_prefills
+
+        for request in self.running:
+            if not request.is_prefill or budget == 0 or full():
+                continue
+            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
+            prefills.append((request, chunk))
+            budget -= chunk
+        while self.waiting and budget > 0 and not full():
+            request = self.waiting[0]
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            if not self.kv.can_admit(request, request.num_tokens):
+                break
+            self.kv.allocate(request, request.num_tokens)
+            self._admit(request)
+            chunk = min(request.num_tokens, budget)
+            prefills.append((request, chunk))
+            budget -= chunk
+        return prefills
+
+    def _admit_whole_prompts(self, budget: int, reserve_tokens: Callable[[Request], int]) -> list[tuple[Request, int]]:
+        """Admit waiting requests FCFS, each as one whole-prompt prefill, while their
+        tokens fit ``budget``, ``max_num_seqs`` allows and KV for ``reserve_tokens(request)``
+        tokens can be reserved (above the watermark). Stops at the first misfit so a
+        long prompt at the head is never overtaken."""
+        prefills: list[tuple[Request, int]] = []
+        while self.waiting:
+            request = self.waiting[0]
+            num_tokens = request.num_tokens - request.num_computed_tokens
+            reserve = reserve_tokens(request)
+            if len(self.running) >= self.config.max_num_seqs or num_tokens > budget:
+                break
+            if not self.kv.can_admit(request, reserve):
+                break
+            self.kv.allocate(request, reserve)
+            self._admit(request)
+            prefills.append((request, num_tokens))
+            budget -= num_tokens
+        return prefills
+
+    def _check_whole_prompts_fit(self) -> None:
+        """Policies that never chunk need every possible prompt to fit one iteration."""
+        cap, limit = self.config.token_cap, self.config.max_model_len
+        if cap < limit:
+            raise ValueError(
+                f"scheduler {self.name!r} runs whole prompts, so max_num_batched_tokens ({cap}) "
+                f"must be >= max_model_len ({limit}); raise it or lower max_model_len")
 
     def _reserve_decode(self, request: Request, batch: ScheduledBatch) -> bool:
         """Find KV for one more token of ``request``, preempting the newest running

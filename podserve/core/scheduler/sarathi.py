@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from podserve.core.batch import ScheduledBatch
 from podserve.core.scheduler.base import Scheduler
-from podserve.request import Request
 
 
 class SarathiScheduler(Scheduler):
@@ -22,41 +21,9 @@ class SarathiScheduler(Scheduler):
 
     def _schedule(self, batch: ScheduledBatch):
         budget = self.config.chunk_size
-        decodes: list[tuple[Request, int]] = []
-        prefills: list[tuple[Request, int]] = []
         max_prefills = 1 if self.config.decode_maximal else None
-
         # 1. One token for every running decode; preempt the newest requests on KV shortage.
-        for request in list(self.running):
-            if request.is_prefill or request not in self.running or budget == 0:
-                continue
-            if self._reserve_decode(request, batch):
-                decodes.append((request, 1))
-                budget -= 1
-
-        # 2. The next chunk of requests whose prefill is under way (KV already reserved).
-        for request in self.running:
-            if not request.is_prefill or budget == 0 or _full(prefills, max_prefills):
-                continue
-            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
-            prefills.append((request, chunk))
-            budget -= chunk
-
-        # 3. New requests, FCFS; KV for the whole prompt is reserved on admission so a
-        #    chunked prefill never stalls half-way.
-        while self.waiting and budget > 0 and not _full(prefills, max_prefills):
-            request = self.waiting[0]
-            if len(self.running) >= self.config.max_num_seqs:
-                break
-            if not self.kv.can_admit(request, request.num_tokens):
-                break
-            self.kv.allocate(request, request.num_tokens)
-            self._admit(request)
-            chunk = min(request.num_tokens, budget)
-            prefills.append((request, chunk))
-            budget -= chunk
+        decodes = self._schedule_decodes(batch, budget)
+        # 2-3. Chunks of prefills under way, then new requests, in what budget remains.
+        prefills = self._schedule_chunks(budget - len(decodes), max_prefills)
         return decodes, prefills
-
-
-def _full(prefills: list, limit: int | None) -> bool:
-    return limit is not None and len(prefills) >= limit

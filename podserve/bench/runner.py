@@ -1,0 +1,91 @@
+"""Run a workload against an in-process Engine at its real arrival times."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from podserve.bench.workloads import WorkloadRequest, prompt_token_ids
+from podserve.metrics import MetricsCollector
+from podserve.request import Request, SamplingParams
+
+StopRule = Callable[[float, list[Request]], str | None]
+"""Called after every iteration with (now on the engine's perf_counter clock, requests added
+so far);
+returns a reason to stop the run early (e.g. an SLO is already certainly missed), or None."""
+
+
+@dataclass
+class BenchRun:
+    """What one workload run produced."""
+
+    collector: MetricsCollector
+    wall_s: float
+    num_requests: int
+    stopped_early: str | None = None
+    """Why the run stopped before every request finished (remaining requests were aborted)."""
+    num_clipped: int = 0
+    """Requests whose output was shortened to fit the context length."""
+
+
+def fit_to_context(workload: list[WorkloadRequest], max_model_len: int) -> tuple[list[WorkloadRequest], int]:
+    """Shorten prompts/outputs so prompt + output fits ``max_model_len``; count the changes."""
+    out, clipped = [], 0
+    for r in workload:
+        prompt = min(r.num_prompt_tokens, max_model_len - 2)
+        output = min(r.num_output_tokens, max_model_len - prompt)
+        clipped += (prompt, output) != (r.num_prompt_tokens, r.num_output_tokens)
+        out.append(WorkloadRequest(r.arrival_time, prompt, output))
+    return out, clipped
+
+
+def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, progress: bool = False,
+                 stop_rule: StopRule | None = None, desc: str = "bench") -> BenchRun:
+    """Add each request when its arrival time comes and step the engine until all finish.
+
+    Requests use ``ignore_eos`` and greedy sampling so each yields exactly its
+    ``num_output_tokens``. A request's arrival time is its scheduled one, not the moment
+    the loop noticed it: time spent waiting for a running iteration counts as queueing.
+    """
+    workload, num_clipped = fit_to_context(sorted(workload, key=lambda r: r.arrival_time), engine.max_model_len)
+    prompts = prompt_token_ids(workload, engine.model_config.vocab_size, seed)
+    collector = MetricsCollector()
+    engine.iteration_listeners.append(collector.on_iteration)
+    bar = _progress_bar(len(workload), desc) if progress else None
+    requests: list[Request] = []
+    stopped = None
+    t0 = time.perf_counter()
+    try:
+        while len(requests) < len(workload) or engine.has_unfinished_requests():
+            now = time.perf_counter() - t0
+            while len(requests) < len(workload) and workload[len(requests)].arrival_time <= now:
+                i = len(requests)
+                params = SamplingParams(max_tokens=workload[i].num_output_tokens, temperature=0.0, ignore_eos=True)
+                requests.append(engine.add_request(prompts[i], params, request_id=f"bench-{i}",
+                                                   arrival_time=t0 + workload[i].arrival_time))
+            if not engine.has_unfinished_requests():
+                time.sleep(max(0.0, workload[len(requests)].arrival_time - (time.perf_counter() - t0)))
+                continue
+            finished = sum(out.finished for out in engine.step())
+            if bar is not None and finished:
+                bar.update(finished)
+            if stop_rule is not None:
+                stopped = stop_rule(time.perf_counter(), requests)
+                if stopped:
+                    for r in requests:
+                        engine.abort_request(r.request_id)
+                    break
+    finally:
+        engine.iteration_listeners.remove(collector.on_iteration)
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    for r in requests:
+        collector.on_request_finished(r)
+    return BenchRun(collector, wall, len(workload), stopped, num_clipped)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True)

@@ -1,0 +1,12 @@
+"""Triton attention kernels as plain functions over tensors (no engine imports).
+
+``prefill_attention`` (varlen causal chunked prefill), ``decode_attention``
+(flash-decoding), ``pod_attention`` (both in one launch, POD-Attention) and
+``write_kv`` (new K/V into the cache); torch references in ``reference``.
+"""
+from .decode import decode_attention
+from .kv_write import write_kv
+from .pod import pod_attention
+from .prefill import prefill_attention
+
+__all__ = ["decode_attention", "pod_attention", "prefill_attention", "write_kv"]

@@ -1,0 +1,211 @@
+"""Triton device functions shared by the prefill, decode and POD kernels.
+
+Each function computes one *tile* of work; the kernels in ``prefill.py``,
+``decode.py`` and ``pod.py`` only decide which tile a program runs. Keeping the
+tile bodies in one place is what makes the fused POD kernel compute exactly the
+same function as the serial pair.
+
+KV cache addressing (both layouts): the cache is ``[num_blocks, block_size,
+num_kv_heads, head_dim]``; key position ``n`` of sequence ``s`` lives in flat row
+``block_tables[s, n // block_size] * block_size + n % block_size``. Contiguous
+(virtual-memory) KV is ``block_size = max_ctx`` with a one-column block table.
+Softmax runs in base 2: scores are pre-multiplied by ``scale * log2(e)`` so that
+``exp2`` replaces ``exp`` (one MUFU op per element).
+"""
+import triton
+import triton.language as tl
+
+# Finite stand-in for -inf as the running max: keeps exp2(m_old - m_new) finite
+# when a whole tile row is masked (no NaN from (-inf) - (-inf)).
+NEG_BIG = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
+            BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+    """Flat cache rows (int64 [BLOCK_N]) of key positions ``offs_n = n0 + arange``.
+
+    ``block_size`` is a runtime value so the contiguous layout (block_size =
+    max_ctx, which varies) does not recompile the kernels.
+    """
+    if PAGE_ALIGNED:
+        # The whole tile sits in one cache block (block_size % BLOCK_N == 0): one
+        # block-table read per tile, scalar address math.
+        blk = tl.load(block_tables + seq * bt_stride + n0 // block_size).to(tl.int64)
+        rows = blk * block_size + (n0 % block_size) + tl.arange(0, BLOCK_N)
+    else:
+        # Tile spans several (small) blocks: gather one block id per key row.
+        blk = tl.load(block_tables + seq * bt_stride + offs_n // block_size,
+                      mask=mask_n, other=0).to(tl.int64)
+        rows = blk * block_size + (offs_n % block_size)
+    return rows
+
+
+@triton.jit
+def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
+                pos_q, kv_len, bt_stride, block_size, stride_kr, stride_kh, stride_vr,
+                stride_vh, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                PAGE_ALIGNED: tl.constexpr, MASK: tl.constexpr):
+    """One online-softmax step of queries ``q`` [M, D] over keys ``[n0, n0 + BLOCK_N)``.
+
+    ``pos_q`` [M] are the queries' absolute positions (causal limit); with
+    ``MASK=False`` the caller guarantees every key is valid for every query.
+    Returns the updated (acc [M, D] fp32, l_i [M], m_i [M]) in base-2 units.
+    """
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_n = offs_n < kv_len
+    rows = kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
+                   BLOCK_N, PAGE_ALIGNED)
+    k_ptrs = k_cache + rows[:, None] * stride_kr + kvh * stride_kh + offs_d[None, :]
+    v_ptrs = v_cache + rows[:, None] * stride_vr + kvh * stride_vh + offs_d[None, :]
+    if MASK:
+        k = tl.load(k_ptrs, mask=mask_n[:, None], other=0.0)  # [BLOCK_N, D]
+    else:
+        k = tl.load(k_ptrs)
+    qk = tl.dot(q, tl.trans(k)) * qk_scale  # [M, BLOCK_N] fp32, base-2 logits
+    if MASK:
+        valid = (offs_n[None, :] <= pos_q[:, None]) & mask_n[None, :]
+        qk = tl.where(valid, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASK:
+        v = tl.load(v_ptrs, mask=mask_n[:, None], other=0.0)  # [BLOCK_N, D]
+    else:
+        v = tl.load(v_ptrs)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+                 seq, m_tile, head,
+                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
+                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                 GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+    """Causal attention of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``, one head.
+
+    The chunk's query ``i`` sits at position ``prefix + i`` (``prefix = seq_len -
+    query_len``) and sees keys ``0..prefix+i``. Keys before the tile's first
+    position need no causal mask; only the diagonal band is masked.
+    """
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
+    m0 = m_tile * BLOCK_M
+    if m0 < q_len:
+        kv_len = tl.load(seq_lens + seq)
+        prefix = kv_len - q_len
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mask_m = offs_m < q_len
+        tok = (q_start + offs_m).to(tl.int64)
+        q = tl.load(q_ptr + tok[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None], other=0.0)  # [BLOCK_M, D]
+        kvh = head // GQA
+        pos_q = prefix + offs_m  # [BLOCK_M]
+        m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        full_end = ((prefix + m0) // BLOCK_N) * BLOCK_N
+        for n0 in range(0, full_end, BLOCK_N):
+            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+        hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)
+        for n0 in range(full_end, hi, BLOCK_N):
+            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+
+
+@triton.jit
+def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
+                cu_seqlens_q, seq, kvh, split, split_len, max_splits,
+                stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
+                stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                NUM_Q_HEADS: tl.constexpr,
+                GQA: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                DIRECT: tl.constexpr):
+    """Decode attention of the ``GQA`` query heads of KV head ``kvh`` over one KV split.
+
+    GQA packing: the group's query heads form the M dimension of one [G_PAD, D]
+    tile, so each K/V row is read once for all of them. With ``DIRECT`` (a
+    single split) the normalised result goes straight to ``o_ptr``; otherwise the
+    split's normalised partial output and base-2 log-sum-exp go to ``part_o``
+    [num_decodes, Hq, max_splits, D] / ``part_lse`` [num_decodes, Hq, max_splits].
+    Returns 1 if the split held any keys (so the caller may count it), else 0.
+    """
+    kv_len = tl.load(seq_lens + seq)
+    start = split * split_len
+    ran = 0
+    if start < kv_len:
+        ran = 1
+        end = tl.minimum(start + split_len, kv_len)
+        tok = tl.load(cu_seqlens_q + seq).to(tl.int64)
+        offs_g = tl.arange(0, G_PAD)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mask_g = offs_g < GQA
+        heads = kvh * GQA + offs_g  # [G_PAD]
+        q = tl.load(q_ptr + tok * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                    mask=mask_g[:, None], other=0.0)  # [G_PAD, D]
+        pos_q = tl.full([G_PAD], 0, dtype=tl.int32) + (kv_len - 1)
+        m_i = tl.full([G_PAD], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([G_PAD], dtype=tl.float32)
+        acc = tl.zeros([G_PAD, HEAD_DIM], dtype=tl.float32)
+        full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
+        for n0 in range(start, full_end, BLOCK_N):
+            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+        for n0 in range(full_end, end, BLOCK_N):
+            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+        out = acc / l_i[:, None]
+        if DIRECT:
+            tl.store(o_ptr + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=mask_g[:, None])
+        else:
+            row = (seq * NUM_Q_HEADS + heads).to(tl.int64) * max_splits + split  # [G_PAD]
+            tl.store(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], out,
+                     mask=mask_g[:, None])
+            tl.store(part_lse + row, m_i + tl.math.log2(l_i), mask=mask_g)
+    return ran
+
+
+@triton.jit
+def combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, split_len,
+                 max_splits, stride_ot, stride_oh,
+                 NUM_Q_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, CACHE: tl.constexpr):
+    """Merge one head's split partials: out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m).
+
+    ``CACHE`` is the load cache modifier: ``.cg`` (bypass L1) when partials were
+    written by other programs of the same launch.
+    """
+    kv_len = tl.load(seq_lens + seq)
+    n_splits = tl.cdiv(kv_len, split_len)
+    tok = tl.load(cu_seqlens_q + seq).to(tl.int64)
+    offs_s = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_s = offs_s < n_splits
+    row = (seq * NUM_Q_HEADS + head).to(tl.int64) * max_splits + offs_s  # [SPLITS_PAD]
+    lse = tl.load(part_lse + row, mask=mask_s, other=float("-inf"), cache_modifier=CACHE)
+    m = tl.max(lse, 0)
+    w = tl.where(mask_s, tl.math.exp2(lse - m), 0.0)  # [SPLITS_PAD]
+    o = tl.load(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None],
+                other=0.0, cache_modifier=CACHE)  # [SPLITS_PAD, D]
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(o_ptr + tok * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))

@@ -1,0 +1,58 @@
+"""Launch helpers shared by the kernel wrappers: interpreter detection, SM count, sizes."""
+import functools
+import math
+import os
+
+import torch
+import triton
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int = 0) -> int:
+    """Streaming multiprocessors of the device; a small stand-in under the interpreter."""
+    if interpreting() or not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def device_sms(t: torch.Tensor) -> int:
+    """SM count of the device holding ``t``."""
+    return num_sms(t.device.index or 0) if t.is_cuda else num_sms(0)
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Cache tensors must be [num_blocks, block_size, num_kv_heads, head_dim] with rows packed."""
+    for c in (k_cache, v_cache):
+        if c.dim() != 4 or c.stride(3) != 1 or c.stride(0) != c.shape[1] * c.stride(1):
+            raise ValueError("KV cache must be [num_blocks, block_size, num_kv_heads, head_dim] "
+                             "with contiguous blocks and head_dim")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError("k_cache and v_cache shapes differ")
+
+
+def split_plan(num_decodes: int, num_kv_heads: int, max_seq_len: int, sms: int,
+               block_n: int, min_split: int = 256) -> tuple[int, int]:
+    """(num_splits, split_len) for flash-decoding.
+
+    Splits until the grid holds ~4 programs per SM (enough KV reads in flight to
+    saturate HBM) but never below ``min_split`` keys a split, where the combine
+    step and per-program fixed cost would start to dominate.
+    """
+    programs = max(1, num_decodes * num_kv_heads)
+    want = max(1, triton.cdiv(4 * sms, programs))
+    cap = max(1, max_seq_len // min_split)
+    splits = max(1, min(want, cap))
+    split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), block_n) * block_n
+    splits = triton.cdiv(max_seq_len, split_len)
+    return splits, split_len

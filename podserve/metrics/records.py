@@ -1,0 +1,103 @@
+"""One row per finished request and one per iteration, derived from scheduler state."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from podserve.core.batch import ScheduledBatch
+from podserve.request import Request
+
+
+@dataclass
+class RequestMetrics:
+    """Latencies of one request, in seconds on the clock that fed ``Request.times``."""
+
+    request_id: str
+    arrival: float
+    num_prompt_tokens: int
+    num_output_tokens: int
+    finish_reason: str | None
+    num_preemptions: int
+    scheduling_delay: float | None
+    """first_scheduled - arrival: time spent queued before any of its tokens ran."""
+    ttft: float | None
+    """first_token - arrival."""
+    e2e: float | None
+    """finished - arrival."""
+    tbt: list[float] = field(default_factory=list)
+    """Every gap between consecutive output tokens (a preemption shows up as one long gap)."""
+
+    @property
+    def normalized_e2e(self) -> float | None:
+        """E2E per output token: comparable across requests of different lengths."""
+        if self.e2e is None or self.num_output_tokens == 0:
+            return None
+        return self.e2e / self.num_output_tokens
+
+    @classmethod
+    def from_request(cls, request: Request) -> "RequestMetrics":
+        t = request.times
+
+        def since_arrival(x: float | None) -> float | None:
+            return None if x is None else x - t.arrival
+
+        return cls(
+            request_id=request.request_id,
+            arrival=t.arrival,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            finish_reason=request.status.finish_reason,
+            num_preemptions=request.num_preemptions,
+            scheduling_delay=since_arrival(t.first_scheduled),
+            ttft=since_arrival(t.first_token),
+            e2e=since_arrival(t.finished),
+            tbt=[b - a for a, b in zip(t.token_times, t.token_times[1:])],
+        )
+
+    def row(self) -> dict:
+        """Flat CSV row: TBT as count/mean/max plus the full list joined by ';'."""
+        d = asdict(self)
+        tbt = d.pop("tbt")
+        d["normalized_e2e"] = self.normalized_e2e
+        d["tbt_mean"] = sum(tbt) / len(tbt) if tbt else None
+        d["tbt_max"] = max(tbt) if tbt else None
+        d["tbt"] = ";".join(f"{x:.6f}" for x in tbt)
+        return d
+
+
+@dataclass
+class IterationRecord:
+    """Shape and duration of one executed batch."""
+
+    iteration: int
+    start: float
+    duration: float
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    batch_size: int
+    num_decodes: int
+    num_prefills: int
+    num_preempted: int
+
+    @property
+    def kind(self) -> str:
+        """"decode" (decode-only), "prefill" (prefill-only), "hybrid" (both), or "empty"."""
+        if self.num_decodes and self.num_prefills:
+            return "hybrid"
+        return "decode" if self.num_decodes else "prefill" if self.num_prefills else "empty"
+
+    @classmethod
+    def from_batch(cls, batch: ScheduledBatch, start: float, end: float) -> "IterationRecord":
+        return cls(
+            iteration=batch.iteration,
+            start=start,
+            duration=end - start,
+            num_prefill_tokens=batch.num_prefill_tokens,
+            num_decode_tokens=batch.num_decode_tokens,
+            batch_size=batch.num_seqs,
+            num_decodes=batch.num_decodes,
+            num_prefills=batch.num_prefills,
+            num_preempted=len(batch.preempted_ids),
+        )
+
+    def row(self) -> dict:
+        return {**asdict(self), "kind": self.kind}

@@ -1,0 +1,100 @@
+"""VirtualKVPool on CPU: geometry, plans applied (in the foreground and in the background),
+resident memory tracking live tokens, clear start-up errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from podserve.config import CacheConfig
+from podserve.memory.virtual_pool import VirtualKVPool
+from podserve.model.presets import preset_config
+from podserve.request import Request, SamplingParams
+from tests.memory.test_vmm_cpu import resident_bytes
+
+MODEL = preset_config("tiny-llama")  # 2 layers, 2 KV heads of 16: 128 bytes per token and layer K
+
+
+def make_pool(background: bool, num_pages: int = 16, max_batch: int = 3, max_model_len: int = 100) -> VirtualKVPool:
+    cache = CacheConfig(kv_layout="virtual", page_size=4096, num_blocks=num_pages, kv_background_map=background)
+    return VirtualKVPool.create(MODEL, cache, torch.float32, torch.device("cpu"), max_batch, max_model_len)
+
+
+def req(rid: str) -> Request:
+    return Request(rid, [1], SamplingParams(), 0.0)
+
+
+def write_tokens(pool: VirtualKVPool, slot: int, num_tokens: int) -> None:
+    for k, v in pool.caches:  # [max_batch, max_ctx, kv_heads, head_dim]
+        k[slot, :num_tokens] = torch.randn(num_tokens, *k.shape[2:])
+        v[slot, :num_tokens] = torch.randn(num_tokens, *v.shape[2:])
+
+
+def test_geometry_keeps_slots_page_aligned():
+    pool = make_pool(background=False)
+    try:
+        assert pool.tokens_per_page == 32 and pool.page_bytes == 4096
+        assert pool.block_size == 128 and pool.num_blocks == 3  # max_ctx rounded up to pages; slots
+        k, v = pool.caches[0]
+        assert k.shape == (3, 128, 2, 16) and k.is_contiguous()
+        assert (k.stride(0) * 4) % pool.page_bytes == 0  # per-slot stride: whole pages
+        assert v.data_ptr() - k.data_ptr() == pool.tensor_bytes
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_resident_memory_grows_and_shrinks_with_live_tokens(background):
+    pool = make_pool(background)
+    kv = pool.make_manager(watermark=0.0, lookahead_tokens=32 if background else 0)
+    mem = pool.memory
+    page_all_layers = 2 * MODEL.num_hidden_layers * pool.page_bytes
+    try:
+        kv.allocate(req("a"), 70)  # 3 pages
+        kv.allocate(req("b"), 20)  # 1 page
+        pool.begin_step()
+        write_tokens(pool, kv.slot_of(req("a")), 70)
+        write_tokens(pool, kv.slot_of(req("b")), 20)
+        pool.end_step()
+        assert resident_bytes(mem.base, mem.size) == 4 * page_all_layers
+        expected = [kv.mapped_pages(s) for s in range(3)]
+        assert [pool.mapped_pages(s) for s in range(3)] == expected  # joins the mapping thread
+        if background:
+            assert expected[kv.slot_of(req("b"))] == 2 and pool.stats["background_map_s"] > 0  # 20 + 32 ahead
+        kv.free(req("a"))
+        pool.begin_step()
+        assert resident_bytes(mem.base, mem.size) == 4 * page_all_layers  # deferred reclamation
+        kv.reclaim_idle()
+        pool.begin_step()
+        assert resident_bytes(mem.base, mem.size) == 1 * page_all_layers  # b's live page only
+        kv.free(req("b"))
+        kv.reclaim_idle()
+        pool.begin_step()
+        assert resident_bytes(mem.base, mem.size) == 0 and mem.num_mapped == 0
+    finally:
+        pool.close()
+
+
+def test_reserved_range_is_far_larger_than_memory_used():
+    pool = make_pool(background=False, max_batch=64, max_model_len=4096)
+    try:
+        assert pool.memory.size == 2 * 2 * 64 * 4096 * 128  # 2 layers x K,V x slots x tokens x bytes
+        assert resident_bytes(pool.memory.base, pool.memory.size) == 0
+    finally:
+        pool.close()
+
+
+def test_bad_page_size_names_the_flag():
+    cache = CacheConfig(kv_layout="virtual", page_size=4096 + 128)
+    with pytest.raises(ValueError, match="--kv-page-size"):
+        VirtualKVPool.create(MODEL, cache, torch.float32, torch.device("cpu"), 2, 64)
+
+
+def test_reservation_beyond_the_address_space_names_the_flags():
+    cache = CacheConfig(kv_layout="virtual", page_size=4096, num_blocks=4)
+    with pytest.raises(ValueError, match="--max-model-len or --max-num-seqs, or use --kv paged"):
+        VirtualKVPool.create(MODEL, cache, torch.float32, torch.device("cpu"), 1 << 20, 1 << 30)
+
+
+def test_unknown_layout_is_rejected():
+    with pytest.raises(ValueError, match="--kv"):
+        CacheConfig(kv_layout="blocks")
