@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     _workload_args(bench, arrival=True)
     _output_args(bench)
     bench.add_argument("--tbt-slo", type=float, default=None, help="draw this TBT SLO (s) on the CDF plot")
+    bench.add_argument("--http", default=None, metavar="URL", help="send the workload to a running `podserve serve` at URL (OpenAI API, streaming) instead of an in-process engine")
+    bench.add_argument("--api-key", default=None, help="with --http: the server's API key")
     bench.set_defaults(func=cmd_bench)
 
     cap = subparsers.add_parser("capacity", help="highest Poisson QPS within a TBT and scheduling-delay SLO")
@@ -111,6 +113,11 @@ def cmd_bench(args) -> int:
 
     wcfg = _workload_config(args)
     out = _output_dir(args)
+    if args.http:
+        from podserve.bench.http_mode import run_http_bench
+
+        run_http_bench(args.http, wcfg, out, api_key=args.api_key)
+        return 0
     config = engine_config_from_args(args)
     engine = Engine(config)
     run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy)

@@ -97,3 +97,31 @@ def test_sigterm_finishes_in_flight_stream_and_exits_0(keyed_server):
     assert '"finish_reason": "length"' in received[-2]
     with pytest.raises(httpx.ConnectError):
         httpx.get(keyed_server.base_url + "/health")
+
+
+def test_sigterm_aborts_streams_that_outlive_the_shutdown_timeout():
+    """A stream that cannot finish within --shutdown-timeout is aborted; the exit is still 0."""
+    proc = ServerProcess("--shutdown-timeout", "1")
+    try:
+        started = threading.Event()
+        ended = threading.Event()
+
+        def stream():
+            try:
+                with httpx.stream("POST", proc.base_url + "/v1/completions", timeout=120,
+                                  json={"prompt": "Go on", "max_tokens": 4000, "ignore_eos": True, "stream": True}) as resp:
+                    for line in resp.iter_lines():
+                        started.set()
+            except httpx.HTTPError:
+                pass  # the server closed the connection mid-stream: expected
+            finally:
+                ended.set()
+
+        t = threading.Thread(target=stream, daemon=True)
+        t.start()
+        assert started.wait(120)
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.proc.wait(60) == 0, proc.log_text()
+        assert ended.wait(10)  # 4000 tokens would take minutes: the stream was cut, not finished
+    finally:
+        proc.stop()

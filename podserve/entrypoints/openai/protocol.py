@@ -167,6 +167,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "podserve"
     max_model_len: int
+    vocab_size: int
+    """Not an OpenAI field (like vLLM's max_model_len): lets benchmark clients send valid token ids."""
 
 
 class ModelList(BaseModel):

@@ -104,7 +104,7 @@ def build_app(async_engine: AsyncEngine, served_model_names: list[str] | None = 
 
     @app.get("/v1/models", response_model=ModelList)
     async def models():
-        return ModelList(data=[ModelCard(id=name, max_model_len=serving.max_model_len) for name in names])
+        return ModelList(data=[ModelCard(id=name, max_model_len=serving.max_model_len, vocab_size=serving.vocab_size) for name in names])
 
     @app.get("/health")
     async def health():
