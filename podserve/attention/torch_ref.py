@@ -29,10 +29,12 @@ class TorchAttentionBackend(AttentionBackend):
             lens = meta.seq_lens[:b]
             shared["decode"] = (b, lens, max(meta.seq_lens_cpu[:b]))
         prefills = []
-        starts = meta.cu_seqlens_q.tolist() if meta.num_prefills else []
+        # Query offsets from the host copy: reading cu_seqlens_q back would sync the GPU.
+        start = meta.num_decodes
         for i in range(meta.num_decodes, meta.num_seqs):
             q_len, seq_len = meta.query_lens_cpu[i], meta.seq_lens_cpu[i]
-            prefills.append((i, starts[i], q_len, seq_len))
+            prefills.append((i, start, q_len, seq_len))
+            start += q_len
         shared["prefills"] = prefills
         shared["masks"] = {}
         self._shared = shared
