@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_head, decode_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting, next_pow2, split_plan
+from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
 
 
 def decode_config(head_dim: int) -> dict:
@@ -13,7 +13,9 @@ def decode_config(head_dim: int) -> dict:
     return dict(BLOCK_N=64, num_warps=4, num_stages=2)
 
 
-@triton.jit
+# Per-batch integers are not specialised (Triton would otherwise compile a new variant
+# whenever one of them equals 1 or turns divisible by 16, mid-run).
+@triton.jit(do_not_specialize=["split_len", "max_splits", "bt_stride"])
 def _decode_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
                    cu_seqlens_q, split_len, max_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
@@ -33,15 +35,15 @@ def _decode_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_table
                 NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N, PAGE_ALIGNED, DIRECT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split_len", "max_splits"])
 def _combine_kernel(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, split_len, max_splits,
                     stride_ot, stride_oh,
-                    NUM_Q_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                    NUM_Q_HEADS: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
                     HEAD_DIM: tl.constexpr):
     head = tl.program_id(0)
     seq = tl.program_id(1)
     combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, split_len,
-                 max_splits, stride_ot, stride_oh, NUM_Q_HEADS, SPLITS_PAD, HEAD_DIM, "")
+                 max_splits, stride_ot, stride_oh, NUM_Q_HEADS, SPLITS_BLOCK, HEAD_DIM, "")
 
 
 def decode_attention(
@@ -109,6 +111,6 @@ def decode_attention(
             out, part_o, part_lse, seq_lens, cu_seqlens_q, split_len, num_splits,
             out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads,
-            SPLITS_PAD=max(2, next_pow2(num_splits)), HEAD_DIM=head_dim,
+            SPLITS_BLOCK=SPLITS_BLOCK, HEAD_DIM=head_dim,
             **({} if interpreting() else dict(num_warps=4)))
     return out

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_head, decode_tile, prefill_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting, next_pow2, split_plan
+from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
 
 
 def pod_config(head_dim: int) -> dict:
@@ -65,7 +65,12 @@ def _smid(pid, NUM_SMS: tl.constexpr, INTERPRET: tl.constexpr):
     return sm
 
 
-@triton.jit
+# Every per-batch integer is left unspecialised: with Triton's default (specialise ints
+# equal to 1 or divisible by 16) these nine values made a new compilation of the kernel
+# likely on any step of a serving run.
+@triton.jit(do_not_specialize=["num_decodes", "num_prefills", "num_m_tiles", "num_p_tiles",
+                               "num_d_tiles", "split_len", "max_splits", "ratio_p", "ratio_total",
+                               "bt_stride"])
 def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
                 cu_seqlens_q, counters, split_counters,
                 num_decodes, num_prefills, num_m_tiles, num_p_tiles, num_d_tiles,
@@ -73,7 +78,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                 NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SPLIT: tl.constexpr,
-                SPLITS_PAD: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
+                SPLITS_BLOCK: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_P: tl.constexpr,
                 BLOCK_N_D: tl.constexpr, ALIGNED_P: tl.constexpr, ALIGNED_D: tl.constexpr,
                 NUM_SMS: tl.constexpr, CTR_PAD: tl.constexpr, INTERPRET: tl.constexpr,
@@ -146,7 +151,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
                     for g in range(GQA):
                         combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq,
                                      kvh * GQA + g, split_len, max_splits, stride_ot, stride_oh,
-                                     NUM_Q_HEADS, SPLITS_PAD, HEAD_DIM, ".cg")
+                                     NUM_Q_HEADS, SPLITS_BLOCK, HEAD_DIM, ".cg")
 
     if OCCUPANCY:
         if is_p:
@@ -276,7 +281,7 @@ def pod_attention(
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, SPLIT=num_splits > 1,
-        SPLITS_PAD=max(2, next_pow2(num_splits)), GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
+        SPLITS_BLOCK=SPLITS_BLOCK, GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
         HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N_P=cfg["BLOCK_N_P"], BLOCK_N_D=bnd,
         ALIGNED_P=block_size % cfg["BLOCK_N_P"] == 0,
         ALIGNED_D=block_size % bnd == 0,

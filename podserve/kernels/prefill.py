@@ -20,7 +20,7 @@ def prefill_config(head_dim: int) -> dict:
 
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["first_seq", "num_m_tiles", "bt_stride"])
 def _prefill_kernel(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
                     first_seq, num_m_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,

@@ -188,24 +188,37 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
 @triton.jit
 def combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, split_len,
                  max_splits, stride_ot, stride_oh,
-                 NUM_Q_HEADS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                 NUM_Q_HEADS: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
                  HEAD_DIM: tl.constexpr, CACHE: tl.constexpr):
     """Merge one head's split partials: out = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m).
 
-    ``CACHE`` is the load cache modifier: ``.cg`` (bypass L1) when partials were
-    written by other programs of the same launch.
+    The splits are visited ``SPLITS_BLOCK`` at a time (a max pass, then a weighted
+    sum), so the number of splits is a runtime value: no recompilation when it
+    changes from one batch to the next. ``CACHE`` is the load cache modifier:
+    ``.cg`` (bypass L1) when partials were written by other programs of the same launch.
     """
     kv_len = tl.load(seq_lens + seq)
     n_splits = tl.cdiv(kv_len, split_len)
     tok = tl.load(cu_seqlens_q + seq).to(tl.int64)
-    offs_s = tl.arange(0, SPLITS_PAD)
+    offs_s = tl.arange(0, SPLITS_BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < n_splits
-    row = (seq * NUM_Q_HEADS + head).to(tl.int64) * max_splits + offs_s  # [SPLITS_PAD]
-    lse = tl.load(part_lse + row, mask=mask_s, other=float("-inf"), cache_modifier=CACHE)
-    m = tl.max(lse, 0)
-    w = tl.where(mask_s, tl.math.exp2(lse - m), 0.0)  # [SPLITS_PAD]
-    o = tl.load(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None],
-                other=0.0, cache_modifier=CACHE)  # [SPLITS_PAD, D]
-    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    base = (seq * NUM_Q_HEADS + head).to(tl.int64) * max_splits  # first partial row
+    m = tl.max(tl.full([SPLITS_BLOCK], NEG_BIG, dtype=tl.float32), 0)
+    for s0 in range(0, n_splits, SPLITS_BLOCK):
+        mask_s = s0 + offs_s < n_splits
+        lse = tl.load(part_lse + base + s0 + offs_s, mask=mask_s, other=NEG_BIG,
+                      cache_modifier=CACHE)
+        m = tl.maximum(m, tl.max(lse, 0))
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    den = tl.sum(tl.zeros([SPLITS_BLOCK], dtype=tl.float32), 0)
+    for s0 in range(0, n_splits, SPLITS_BLOCK):
+        mask_s = s0 + offs_s < n_splits
+        row = base + s0 + offs_s  # [SPLITS_BLOCK]
+        lse = tl.load(part_lse + row, mask=mask_s, other=NEG_BIG, cache_modifier=CACHE)
+        w = tl.where(mask_s, tl.math.exp2(lse - m), 0.0)  # [SPLITS_BLOCK]
+        o = tl.load(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None],
+                    other=0.0, cache_modifier=CACHE)  # [SPLITS_BLOCK, D]
+        acc += tl.sum(o * w[:, None], 0)
+        den += tl.sum(w, 0)
+    out = acc / den
     tl.store(o_ptr + tok * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))

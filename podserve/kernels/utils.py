@@ -7,6 +7,8 @@ import torch
 import triton
 
 LOG2E = 1.4426950408889634
+SPLITS_BLOCK = 16
+"""Split partials a combine step reads at a time (a fixed tile: the split count is runtime)."""
 
 
 def interpreting() -> bool:
@@ -56,3 +58,21 @@ def split_plan(num_decodes: int, num_kv_heads: int, max_seq_len: int, sms: int,
     split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), block_n) * block_n
     splits = triton.cdiv(max_seq_len, split_len)
     return splits, split_len
+
+
+def compiled_variants() -> dict[str, int | None]:
+    """Compiled variants of each kernel so far (None under the interpreter, which compiles
+    nothing). A count that grows during a serving run means mid-run recompilation."""
+    from . import decode, kv_write, pod, prefill
+
+    kernels = {"decode": decode._decode_kernel, "combine": decode._combine_kernel,
+               "prefill": prefill._prefill_kernel, "pod": pod._pod_kernel,
+               "write_kv": kv_write._write_kv_kernel}
+    out: dict[str, int | None] = {}
+    for name, fn in kernels.items():
+        caches = getattr(fn, "device_caches", None)
+        try:
+            out[name] = None if caches is None else sum(len(v[0]) for v in caches.values())
+        except (TypeError, IndexError):  # another Triton's cache layout
+            out[name] = None
+    return out

@@ -127,6 +127,27 @@ def test_decode_matches_reference(gqa, block_size, num_splits):
     assert rel_err(out[:nd], ref[:nd]) < TOL
 
 
+def test_decode_combines_more_splits_than_one_combine_tile():
+    # 21 splits of 64 keys: the combine step walks the partials in two SPLITS_BLOCK tiles.
+    lens = [1, 700, 1300]
+    b = make_batch(lens, [], 4, 2, 64, 16, DT, DEV)
+    out = poisoned(b.q)
+    decode_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                     b.num_decodes, b.max_decode_len, out=out, num_splits=40)
+    ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+    assert rel_err(out, ref) < TOL
+
+
+def test_pod_combines_more_splits_than_one_combine_tile():
+    b = make_batch([3, 1200], [(5, 20)], 4, 2, 64, 16, DT, DEV)
+    out = poisoned(b.q)
+    pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                  b.num_decodes, b.max_query_len, b.max_decode_len, out=out, num_splits=40,
+                  workspace=PodWorkspace())
+    ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+    assert rel_err(out, ref) < TOL
+
+
 # ----------------------------------------------------------------------------- POD
 @pytest.mark.parametrize("gqa,block_size,policy,num_splits", [
     (1, 16, "even", 1), (4, None, "proportional", 3), (8, 16, "proportional", None),
@@ -254,3 +275,29 @@ def test_gpu_pod_repeated_launches_are_stable():
     for _ in range(20):
         again = pod_attention(*args)
         assert rel_err(again, first) < 1e-3
+
+
+@gpu
+def test_gpu_batch_shapes_do_not_recompile():
+    from podserve.kernels.utils import compiled_variants
+
+    shapes = [([1], [(0, 16)]), ([5, 64, 4096], [(100, 1)]), ([17] * 33, [(2048, 512), (0, 48)]),
+              ([4097] * 2, [(0, 2048)]), ([16] * 64, [(31, 33)]), ([8000], [(1, 1)])]
+
+    def run_all():
+        for lens, chunks in shapes:
+            b = make_batch(lens, chunks, 32, 8, 128, 16, torch.bfloat16, "cuda")
+            args = (b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                    b.num_decodes)
+            decode_attention(*args, b.max_decode_len)
+            prefill_attention(*args, b.max_query_len)
+            pod_attention(*args, b.max_query_len, b.max_decode_len)
+        torch.cuda.synchronize()
+
+    run_all()
+    first = compiled_variants()
+    run_all()
+    assert compiled_variants() == first
+    # decode: split or direct; pod: split or not; prefill and combine: one each.
+    assert first["decode"] <= 2 and first["pod"] <= 2, first
+    assert first["prefill"] == 1 and first["combine"] == 1, first
