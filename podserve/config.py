@@ -82,5 +82,8 @@ class EngineConfig:
     """Seed for random-weight presets and unseeded sampling."""
     max_model_len: int | None = None
     """Context cap; None = the model's own (clipped to 8192 on CPU)."""
+    enforce_eager: bool = False
+    """Never use CUDA graphs (they are captured by default on CUDA with the triton and
+    pod backends, for decode-only iterations); vLLM's flag name."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -16,6 +16,7 @@ one-column block table holding each sequence's slot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,6 +47,20 @@ class AttentionMetadata:
     """Longest query run in the batch."""
     max_seq_len: int
     """Longest context in the batch."""
+    block_tables_cpu: Any = None
+    """Optional host copy (numpy) of ``block_tables``: lets a backend read a block id
+    without a device-to-host sync."""
+    decode_max_seq_len: int | None = None
+    """Bound on the decodes' context lengths that sizes the decode split plan; None = the
+    longest decode of this batch. A CUDA graph is captured with ``max_model_len`` here, so
+    its fixed grid serves every context length (splits past a sequence's end exit at once)."""
+
+    @property
+    def decode_split_bound(self) -> int:
+        """``decode_max_seq_len``, else the longest decode context of the batch."""
+        if self.decode_max_seq_len is not None:
+            return self.decode_max_seq_len
+        return max(self.seq_lens_cpu[: self.num_decodes])
 
     @property
     def num_seqs(self) -> int:

@@ -89,7 +89,9 @@ class TorchAttentionBackend(AttentionBackend):
             key = ("prefill_block", i)
             blk = self._shared["masks"].get(key)
             if blk is None:
-                blk = self._shared["masks"][key] = int(meta.block_tables[i, 0])
+                host = meta.block_tables_cpu  # the host copy, when the runner kept one: no sync
+                blk = int(host[i, 0]) if host is not None else int(meta.block_tables[i, 0])
+                self._shared["masks"][key] = blk
             keys = k_cache[blk, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
             vals = v_cache[blk, :seq_len].transpose(0, 1)
         else:

@@ -74,6 +74,20 @@ class ScheduledBatch:
 
 
 @dataclass
+class IterationTiming:
+    """Where one executed iteration's time went (engine only; the simulator has none)."""
+
+    enqueued_at: float | None = None
+    """Host clock (``time.perf_counter``) when the executor had enqueued all of the
+    iteration's device work, just before it waited for the sampled tokens."""
+    cpu_s: float | None = None
+    """Host time from the start of the engine step (scheduling included) to ``enqueued_at``."""
+    gpu_s: float | None = None
+    """Device time of the iteration's work (CUDA events around input copy, forward and
+    sampling); None on CPU. May be filled in after the step, at the executor's next sync."""
+
+
+@dataclass
 class ExecutorOutput:
     """The answer to a ScheduledBatch: one sampled token per sequence with ``do_sample``."""
 
@@ -81,3 +95,5 @@ class ExecutorOutput:
     """Aligned with ``ScheduledBatch.seqs``; None where the sequence did not sample."""
     duration: float = 0.0
     """Seconds the iteration took (measured by the engine, predicted by the simulator)."""
+    timing: IterationTiming | None = None
+    """Host and device time of the iteration, when the executor measures them."""

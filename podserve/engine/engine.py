@@ -45,6 +45,8 @@ class Engine:
         self._ids = itertools.count()
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
+        self.last_output = None
+        """The ExecutorOutput of the latest iteration (its ``timing`` splits host and device time)."""
 
     # --- requests ------------------------------------------------------------------------
     def add_request(
@@ -95,6 +97,9 @@ class Engine:
             return []
         output = self.runner.execute(batch)
         now = time.perf_counter()
+        if output.timing is not None and output.timing.enqueued_at is not None:
+            output.timing.cpu_s = output.timing.enqueued_at - start  # scheduling included
+        self.last_output = output
         updates = self.scheduler.update(batch, output, now)
         for listener in self.iteration_listeners:
             listener(batch, start, now)

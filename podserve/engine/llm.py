@@ -23,6 +23,8 @@ class LLM:
         block_size: tokens per KV block. max_model_len: context cap. attention: backend.
         kv_layout: "paged" or "virtual" (contiguous KV per request, pages mapped on demand).
         decode_maximal: original Sarathi (one prefill chunk per iteration).
+        gpu_memory_utilization: fraction of GPU memory for weights, activations and KV.
+        enforce_eager: no CUDA graphs for decode iterations (they are on by default on CUDA).
     """
 
     def __init__(
@@ -43,6 +45,8 @@ class LLM:
         decode_maximal: bool = False,
         seed: int = 0,
         kv_layout: str = "paged",
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
     ):
         config = EngineConfig(
             model=model,
@@ -51,6 +55,7 @@ class LLM:
             attention=attention,
             seed=seed,
             max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
             scheduler=SchedulerConfig(
                 policy=scheduler,
                 chunk_size=chunk_size,
@@ -58,7 +63,8 @@ class LLM:
                 max_num_batched_tokens=max_num_batched_tokens,
                 decode_maximal=decode_maximal,
             ),
-            cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks, kv_layout=kv_layout),
+            cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks,
+                              kv_layout=kv_layout, gpu_memory_utilization=gpu_memory_utilization),
         )
         self.engine = Engine(config)
 

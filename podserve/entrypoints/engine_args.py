@@ -34,6 +34,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-page-size", type=parse_bytes, default=None, help="--kv virtual: bytes of one physical page per layer K/V (default: 2MiB granule on CUDA, ~64KiB on CPU)")
     g.add_argument("--kv-sync-map", action="store_true", help="--kv virtual: map pages synchronously on demand instead of ahead on a background thread")
     g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod"], help="attention backend (default: torch reference)")
+    g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: run every iteration eagerly (graphs are captured by default on CUDA with --attention triton/pod)")
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
 
 
@@ -45,6 +46,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         attention=args.attention,
         seed=args.seed,
         max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
         scheduler=SchedulerConfig(
             policy=args.scheduler,
             chunk_size=args.chunk_size,

@@ -1,21 +1,40 @@
-"""ModelRunner: builds the model and the KV pool, and executes ScheduledBatches."""
+"""ModelRunner: builds the model and the KV pool, and executes ScheduledBatches.
+
+One step on CUDA: stage the batch's integers into pinned memory and copy them to
+persistent device buffers (``inputs.py``), replay a captured decode graph or run the
+forward eagerly, sample on the device, and read the sampled tokens back with one
+``.tolist()`` — the step's only host-device sync. CUDA events around the step measure its
+device time; the host time until everything is enqueued is reported beside it.
+
+Memory on CUDA: weights first, then a profiling forward pass of the largest batch the
+scheduler can form measures the activation peak, and the KV pool gets what
+``gpu_memory_utilization`` leaves after weights, that peak, the sampler's logits and the
+CUDA graphs' pool.
+"""
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
 
 from podserve.attention import make_backend
-from podserve.attention.base import AttentionMetadata
 from podserve.config import EngineConfig
-from podserve.core.batch import ExecutorOutput, ScheduledBatch
+from podserve.core.batch import ExecutorOutput, IterationTiming, ScheduledBatch, ScheduledSeq
+from podserve.executor.inputs import InputBuffers, ModelInputs
 from podserve.executor.sampler import Sampler
 from podserve.memory.paged_pool import PagedKVPool
 from podserve.memory.virtual_pool import VirtualKVPool
 from podserve.model.config import LlamaConfig
 from podserve.model.llama import LlamaForCausalLM
+from podserve.request import SamplingParams
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+GRAPH_POOL_RESERVE = 512 << 20
+"""Bytes kept out of the KV budget for the CUDA graphs' private memory pool."""
+SAMPLER_BYTES_PER_LOGIT = 24
+"""Sampler working set per logit (float32 logits, probabilities, sorted copy, int64 order)."""
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -38,6 +57,8 @@ class ModelRunner:
             raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use --device cpu")
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = model_config
+        self.max_model_len = max_model_len
+        self._cuda = self.device.type == "cuda"
         torch.manual_seed(config.seed)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)  # build in the target dtype: no float32 copy of 8B weights
@@ -52,76 +73,189 @@ class ModelRunner:
             model.load_weights(weights())
         self.model = model.eval()
         self.backend = make_backend(config.attention)
+        sched = config.scheduler
+        self.max_num_tokens = max(sched.token_cap, sched.max_num_seqs)
+        """Most tokens one iteration can hold (the input buffers' initial size)."""
+        self.activation_bytes = self.profile_activation_peak() if self._cuda else None
+        reserve = None
+        if self.activation_bytes is not None:
+            logits = sched.max_num_seqs * model_config.vocab_size * SAMPLER_BYTES_PER_LOGIT
+            reserve = self.activation_bytes + logits + GRAPH_POOL_RESERVE
         if config.cache.kv_layout == "virtual":
             # One contiguous slot per running request: slots = max_num_seqs.
-            self.kv_pool = VirtualKVPool.create(model_config, config.cache, self.dtype, self.device, config.scheduler.max_num_seqs, max_model_len)
+            self.kv_pool = VirtualKVPool.create(model_config, config.cache, self.dtype, self.device, sched.max_num_seqs,
+                                                max_model_len, reserve_bytes=reserve)
         else:
-            self.kv_pool = PagedKVPool.create(model_config, config.cache, self.dtype, self.device)
+            self.kv_pool = PagedKVPool.create(model_config, config.cache, self.dtype, self.device, reserve_bytes=reserve)
         self._virtual = config.cache.kv_layout == "virtual"
+        block_size = self.kv_pool.block_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.inputs = InputBuffers(self.device, self.max_num_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
         self.sampler = Sampler(self.device, config.seed)
+        self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
+        self.graphs = None
+        if self.use_cuda_graphs:
+            from podserve.executor.cuda_graphs import DecodeGraphs, graph_buckets
+
+            self.warmup_kernels()
+            self.graphs = DecodeGraphs(self, graph_buckets(sched.max_num_seqs))
+            self.graphs.capture()
 
     @property
     def num_blocks(self) -> int:
         return self.kv_pool.num_blocks
 
+    @property
+    def use_cuda_graphs(self) -> bool:
+        """On by default on CUDA with a Triton backend; ``enforce_eager`` turns them off."""
+        from podserve.executor.cuda_graphs import CAPTURABLE_BACKENDS
+
+        return self._cuda and not self.config.enforce_eager and self.config.attention in CAPTURABLE_BACKENDS
+
+    # --- one step ------------------------------------------------------------------------
     def prepare(self, batch: ScheduledBatch):
-        """Flatten the batch into varlen tensors (decodes first, then prefill chunks)."""
-        block_size = self.kv_pool.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu = [0]
-        query_lens, seq_lens, sample_idx = [], [], []
-        max_blocks = max((len(s.block_table) for s in batch.seqs), default=1)
-        tables = []
-        for s in batch.seqs:
-            n, start = s.num_tokens, s.start_pos
-            input_ids += s.token_ids
-            pos = range(start, start + n)
-            positions += pos
-            table = s.block_table
-            slots += [table[p // block_size] * block_size + p % block_size for p in pos]
-            cu.append(cu[-1] + n)
-            query_lens.append(n)
-            seq_lens.append(start + n)
-            tables.append(table + [0] * (max_blocks - len(table)))
-            if s.do_sample:
-                sample_idx.append(cu[-1] - 1)
-        dev = self.device
-        meta = AttentionMetadata(
-            num_decodes=batch.num_decodes,
-            num_prefills=batch.num_prefills,
-            num_prefill_tokens=cu[-1] - batch.num_decodes,
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_lens_cpu=query_lens,
-            seq_lens_cpu=seq_lens,
-            max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
-        )
-        ids = torch.tensor(input_ids, dtype=torch.int64, device=dev)
-        pos_t = torch.tensor(positions, dtype=torch.int64, device=dev)
-        return ids, pos_t, meta, sample_idx
+        """Flatten the batch into varlen device tensors (decodes first, then prefill chunks).
+
+        Returns ``(input_ids, positions, meta, sample_idx)``; ``sample_idx`` (int64, device)
+        are the rows of the hidden states to sample. The tensors are views of persistent
+        buffers, valid until the next call.
+        """
+        inputs = self.inputs.prepare(batch, self.kv_pool.block_size)
+        return inputs.input_ids, inputs.positions, inputs.meta, inputs.sample_idx
+
+    def _forward_logits(self, inputs: ModelInputs, all_rows: bool = False) -> torch.Tensor | None:
+        """Forward pass and LM head over the sampled rows (or every row): [rows, vocab] float32."""
+        self.backend.prepare(inputs.meta)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.caches, inputs.meta, self.backend)
+        if all_rows:
+            return self.model.compute_logits(hidden)
+        if not inputs.sample_rows:
+            return None
+        return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> ExecutorOutput:
         """Run one iteration and sample a token for every sequence that asks for one."""
         start = time.perf_counter()
-        ids, positions, meta, sample_idx = self.prepare(batch)
-        self.backend.prepare(meta)
+        timing = IterationTiming()
+        events = None
+        if self._cuda:
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         if self._virtual:
             self.kv_pool.begin_step()  # map this batch's pages; pages ahead go to the mapping thread
-        hidden = self.model(ids, positions, self.kv_pool.caches, meta, self.backend)
+        graphed = self.graphs is not None and self.graphs.can_run(batch)
+        if graphed:
+            inputs, bucket = self.graphs.stage(batch)
+        else:
+            inputs = self.inputs.prepare(batch, self.kv_pool.block_size)
+        if events is not None:
+            events[0].record()  # after the input copy: device time = forward + sampling
+        if graphed:
+            logits = self.graphs.replay(bucket, batch.num_seqs)
+        else:
+            logits = self._forward_logits(inputs)
         if self._virtual:
             self.kv_pool.end_step()
-        sampled: list[int | None] = [None] * batch.num_seqs
-        if sample_idx:
-            logits = self.model.compute_logits(hidden[sample_idx])  # [num_samples, vocab]
-            rows = [i for i, s in enumerate(batch.seqs) if s.do_sample]
-            seqs = [batch.seqs[i] for i in rows]
+        tokens = None
+        if logits is not None:
+            seqs = [batch.seqs[i] for i in inputs.sample_rows]
             tokens = self.sampler(logits, [s.sampling_params for s in seqs], [s.num_output_tokens for s in seqs])
-            for i, t in zip(rows, tokens):
+        if events is not None:
+            events[1].record()
+            self._pending.append((timing, *events))
+        timing.enqueued_at = time.perf_counter()
+        sampled: list[int | None] = [None] * batch.num_seqs
+        if tokens is not None:
+            for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync
                 sampled[i] = t
-        return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - start)
+            self._resolve_timings()
+        return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - start, timing=timing)
+
+    def _resolve_timings(self, wait: bool = False) -> None:
+        """Fill in the device time of every finished step (all of them after a sync)."""
+        keep = []
+        for timing, begin, end in self._pending:
+            if wait:
+                end.synchronize()
+            if end.query():
+                timing.gpu_s = begin.elapsed_time(end) / 1e3
+            else:
+                keep.append((timing, begin, end))
+        self._pending = keep
+
+    def flush_timings(self) -> None:
+        """Wait for the device and fill in every outstanding iteration's device time."""
+        self._resolve_timings(wait=True)
+
+    # --- start-up ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def profile_activation_peak(self) -> int:
+        """Bytes of activations at the largest batch: a forward pass over ``max_num_tokens``
+        prompt tokens (sequences of at most ``max_model_len``) into a throwaway KV pool."""
+        from podserve.config import CacheConfig
+
+        block_size = 16
+        seqs, left, rid = [], self.max_num_tokens, 0
+        while left > 0:
+            n = min(left, self.max_model_len)
+            first = sum(-(-len(s.token_ids) // block_size) for s in seqs)
+            table = list(range(first, first + -(-n // block_size)))
+            seqs.append(ScheduledSeq(f"profile-{rid}", [0] * n, 0, True, True, table, SamplingParams(), 0))
+            left -= n
+            rid += 1
+        num_blocks = sum(len(s.block_table) for s in seqs)
+        pool = PagedKVPool.create(self.model_config, CacheConfig(block_size=block_size, num_blocks=num_blocks),
+                                  self.dtype, self.device)
+        buffers = InputBuffers(self.device, self.max_num_tokens, len(seqs), -(-self.max_model_len // block_size))
+        batch = ScheduledBatch(iteration=-1, seqs=seqs, num_decodes=0)
+        torch.cuda.synchronize(self.device)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        inputs = buffers.prepare(batch, block_size)
+        self.backend.prepare(inputs.meta)
+        hidden = self.model(inputs.input_ids, inputs.positions, pool.caches, inputs.meta, self.backend)
+        self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        del pool, buffers, inputs, hidden
+        gc.collect()
+        torch.cuda.empty_cache()
+        return int(peak)
+
+    @torch.inference_mode()
+    def warmup_kernels(self) -> None:
+        """Compile every Triton kernel variant serving can need before the first request:
+        decodes split and unsplit, a prefill chunk, and (pod) the fused kernel with and
+        without decode splits. Paged KV only; the blocks written are all free at start-up."""
+        if self._virtual or self.config.attention not in ("triton", "pod"):
+            return
+        bs = self.kv_pool.block_size
+        long_ctx = min(self.max_model_len, self.num_blocks * bs) - 1
+        if long_ctx < 2:
+            return
+        table = list(range(-(-long_ctx // bs)))
+        many = min(self.config.scheduler.max_num_seqs, 64)
+        p = SamplingParams(temperature=0.0)
+
+        def decode(i: int, ctx: int) -> ScheduledSeq:
+            return ScheduledSeq(f"warmup-d{i}", [0], ctx - 1, False, True, table[: -(-ctx // bs)], p, 1)
+
+        chunk = ScheduledSeq("warmup-p", [0] * 16, 0, True, True, [0], p, 0)
+        batches = [[decode(0, long_ctx)], [decode(i, 2) for i in range(many)],
+                   [decode(0, long_ctx), chunk], [*(decode(i, 2) for i in range(many)), chunk]]
+        fuse = getattr(self.backend, "always_fuse", None)
+        if fuse is not None:
+            self.backend.always_fuse = True
+        buffers = InputBuffers(self.device, self.max_num_tokens, self.config.scheduler.max_num_seqs,
+                               self.max_blocks_per_seq)
+        try:
+            for seqs in batches:
+                nd = sum(not s.is_prefill for s in seqs)
+                inputs = buffers.prepare(ScheduledBatch(iteration=-1, seqs=seqs, num_decodes=nd), bs)
+                self._forward_logits(inputs)
+            torch.cuda.synchronize(self.device)
+        finally:
+            if fuse is not None:
+                self.backend.always_fuse = fuse

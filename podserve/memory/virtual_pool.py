@@ -91,7 +91,8 @@ class VirtualKVPool:
         return self._worker is not None
 
     @classmethod
-    def create(cls, model: LlamaConfig, cache: CacheConfig, dtype: torch.dtype, device: torch.device, max_batch: int, max_model_len: int) -> "VirtualKVPool":
+    def create(cls, model: LlamaConfig, cache: CacheConfig, dtype: torch.dtype, device: torch.device, max_batch: int, max_model_len: int,
+               reserve_bytes: int | None = None) -> "VirtualKVPool":
         """Reserve ``2 * layers * max_batch * max_model_len`` tokens of address space and
         size the physical page budget from ``cache`` like the paged pool does."""
         backend = _memory_backend(device)
@@ -101,7 +102,7 @@ class VirtualKVPool:
         pages_per_slot = -(-max_model_len // tokens_per_page)
         max_ctx = pages_per_slot * tokens_per_page
         per_page_all_layers = 2 * model.num_hidden_layers * page_bytes
-        num_pages = num_kv_units(cache, device, per_page_all_layers, "one page across all layers")
+        num_pages = num_kv_units(cache, device, per_page_all_layers, "one page across all layers", reserve_bytes)
         size = 2 * model.num_hidden_layers * max_batch * pages_per_slot * page_bytes
         try:
             memory = backend(size, page_bytes, num_pages * 2 * model.num_hidden_layers, device)

@@ -1,0 +1,99 @@
+"""CUDA graphs for decode-only iterations, one per batch-size bucket.
+
+A decode step of an 8B model launches ~500 kernels; launching them from Python costs
+more than the GPU needs to run them at small batches. Each bucket ``B`` (1, 2, 4, 8, 16,
+then steps of 16 up to ``max_num_seqs``) is captured once: the model forward and the LM
+head over ``B`` decodes whose inputs live in persistent buffers (``InputBuffers`` with
+a fixed layout per ``B``). A decode batch of ``n <= B`` sequences is padded to ``B``
+(padding decodes write no KV and read one cached row) and replayed; sampling runs after
+the replay, eagerly, on the first ``n`` rows of the graph's logits.
+
+The decode attention inside a graph has a fixed grid, so its split plan is sized for
+``max_model_len`` (``AttentionMetadata.decode_max_seq_len``): splits past a sequence's
+end return at once and the combine step counts each sequence's own splits.
+
+Only the Triton backends (``triton``, ``pod``: a decode-only batch runs the serial decode
+kernel in both) are captured; the torch reference backend builds index tensors per batch.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from podserve.core.batch import ScheduledBatch
+from podserve.executor.inputs import InputBuffers
+
+CAPTURABLE_BACKENDS = ("triton", "pod")
+
+
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes to capture: 1, 2, 4, 8, 16, 32, 48, ... and ``max_num_seqs`` itself."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_num_seqs]
+    sizes += list(range(16, max_num_seqs, 16))
+    return sorted(set(sizes + [max_num_seqs]))
+
+
+class DecodeGraphs:
+    """Captured decode steps by bucket, over their own persistent input buffers."""
+
+    def __init__(self, runner, buckets: list[int]):
+        self.runner = runner
+        self.buckets = sorted(buckets)
+        self.max_batch = self.buckets[-1]
+        self.buffers = InputBuffers(runner.device, self.max_batch, self.max_batch,
+                                    runner.max_blocks_per_seq, tables=runner.inputs.tables)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        self._generation = self.buffers.generation
+        self.capture_s = 0.0
+
+    def bucket(self, n: int) -> int | None:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        return None
+
+    def can_run(self, batch: ScheduledBatch) -> bool:
+        """Decode-only, every sequence samples, and a bucket holds it."""
+        n = batch.num_seqs
+        return (batch.num_decodes == n and n <= self.max_batch
+                and all(s.do_sample for s in batch.seqs))
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first so that smaller ones reuse its memory pool."""
+        t0 = time.perf_counter()
+        self._graphs.clear()
+        self._generation = self.buffers.generation
+        runner = self.runner
+        empty = ScheduledBatch(iteration=-1)
+        for b in sorted(self.buckets, reverse=True):
+            inputs = self.buffers.prepare(empty, runner.kv_pool.block_size, pad_to=b)
+            inputs.meta.decode_max_seq_len = runner.max_model_len
+            runner._forward_logits(inputs, all_rows=True)  # compiles the kernels outside the capture
+            torch.cuda.synchronize(runner.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits = runner._forward_logits(inputs, all_rows=True)  # [b, vocab]
+            if self._pool is None:
+                self._pool = graph.pool()
+            self._graphs[b] = (graph, logits)
+        torch.cuda.synchronize(runner.device)
+        self.capture_s = time.perf_counter() - t0
+
+    def stage(self, batch: ScheduledBatch):
+        """Copy ``batch``, padded to its bucket, into the graphs' buffers: (inputs, bucket)."""
+        b = self.bucket(batch.num_seqs)
+        block_size = self.runner.kv_pool.block_size
+        inputs = self.buffers.prepare(batch, block_size, pad_to=b)
+        if self.buffers.generation != self._generation:
+            self.capture()  # the buffers were reallocated (a block table outgrew them)
+            inputs = self.buffers.prepare(batch, block_size, pad_to=b)
+        return inputs, b
+
+    def replay(self, bucket: int, num_seqs: int) -> torch.Tensor:  # [num_seqs, vocab] float32
+        """Replay the bucket's graph over the staged inputs; the logits of the real rows."""
+        graph, logits = self._graphs[bucket]
+        graph.replay()
+        return logits[:num_seqs]
