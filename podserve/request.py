@@ -33,6 +33,9 @@ class SamplingParams:
     """Keep generating past EOS (benchmarks)."""
     min_tokens: int = 0
     """Generate at least this many tokens before EOS/stop tokens may end the request."""
+    detokenize: bool = True
+    """Turn output tokens into text; False returns token ids only and spends no host time
+    on the tokenizer (benchmarks; stop strings then cannot be used), as in vLLM."""
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -48,6 +51,7 @@ class SamplingParams:
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "non-empty strings")
         _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids", self.stop_token_ids, "non-negative integers")
         _check(isinstance(self.min_tokens, int) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens, "in [0, max_tokens]")
+        _check(self.detokenize or not self.stop, "stop", self.stop, "no stop strings when detokenize=False")
 
     @property
     def greedy(self) -> bool:
@@ -137,10 +141,13 @@ class Request:
         return self.num_prompt_tokens + self.sampling_params.max_tokens
 
     def token_ids_from(self, start: int, count: int) -> list[int]:
+        """Tokens ``[start, start + count)`` of prompt-then-output, copying only those."""
         n = self.num_prompt_tokens
         if start + count <= n:
             return self.prompt_token_ids[start:start + count]
-        return (self.prompt_token_ids + self.output_token_ids)[start:start + count]
+        if start >= n:  # a decode: no copy of the whole context
+            return self.output_token_ids[start - n:start - n + count]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:start + count - n]
 
     def check_token_stop(self, token_id: int) -> RequestStatus | None:
         """Token-level stop after ``token_id`` was appended (stop strings are the engine's job)."""

@@ -40,17 +40,24 @@ def fit_to_context(workload: list[WorkloadRequest], max_model_len: int) -> tuple
 
 
 def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, progress: bool = False,
-                 stop_rule: StopRule | None = None, desc: str = "bench") -> BenchRun:
+                 stop_rule: StopRule | None = None, desc: str = "bench", detokenize: bool = True) -> BenchRun:
     """Add each request when its arrival time comes and step the engine until all finish.
 
     Requests use ``ignore_eos`` and greedy sampling so each yields exactly its
     ``num_output_tokens``. A request's arrival time is its scheduled one, not the moment
     the loop noticed it: time spent waiting for a running iteration counts as queueing.
+    ``detokenize=False`` skips turning tokens into text (as vLLM's --disable-detokenize).
+    Iteration records carry the executor's host/device time split where it measures one.
     """
     workload, num_clipped = fit_to_context(sorted(workload, key=lambda r: r.arrival_time), engine.max_model_len)
     prompts = prompt_token_ids(workload, engine.model_config.vocab_size, seed)
     collector = MetricsCollector()
-    engine.iteration_listeners.append(collector.on_iteration)
+
+    def listener(batch, start, end):
+        output = getattr(engine, "last_output", None)
+        collector.on_iteration(batch, start, end, getattr(output, "timing", None))
+
+    engine.iteration_listeners.append(listener)
     bar = _progress_bar(len(workload), desc) if progress else None
     requests: list[Request] = []
     stopped = None
@@ -60,7 +67,8 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
             now = time.perf_counter() - t0
             while len(requests) < len(workload) and workload[len(requests)].arrival_time <= now:
                 i = len(requests)
-                params = SamplingParams(max_tokens=workload[i].num_output_tokens, temperature=0.0, ignore_eos=True)
+                params = SamplingParams(max_tokens=workload[i].num_output_tokens, temperature=0.0, ignore_eos=True,
+                                        detokenize=detokenize)
                 requests.append(engine.add_request(prompts[i], params, request_id=f"bench-{i}",
                                                    arrival_time=t0 + workload[i].arrival_time))
             if not engine.has_unfinished_requests():
@@ -76,10 +84,13 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
                         engine.abort_request(r.request_id)
                     break
     finally:
-        engine.iteration_listeners.remove(collector.on_iteration)
+        engine.iteration_listeners.remove(listener)
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    flush = getattr(getattr(engine, "runner", None), "flush_timings", None)
+    if flush is not None:
+        flush()  # device times of the last steps
     for r in requests:
         collector.on_request_finished(r)
     return BenchRun(collector, wall, len(workload), stopped, num_clipped)

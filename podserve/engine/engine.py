@@ -40,7 +40,7 @@ class Engine:
             self.kv = BlockManager(self.runner.num_blocks, cache.block_size, cache.watermark)
         self.scheduler = make_scheduler(self.config.scheduler, self.kv)
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids or source.config.eos_token_ids)
-        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._detok: dict[str, IncrementalDetokenizer | None] = {}  # None: detokenize=False
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
         self.iteration_listeners: list = []
@@ -73,7 +73,8 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
         )
         self.scheduler.add_request(request)
-        self._detok[request.request_id] = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+        self._detok[request.request_id] = (IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+                                           if params.detokenize else None)
         self._prompts[request.request_id] = text
         return request
 
@@ -107,7 +108,8 @@ class Engine:
         for update in updates:
             request = update.request
             rid = request.request_id
-            delta, hit_stop = self._detok[rid].add(update.new_token_ids)
+            detok = self._detok[rid]
+            delta, hit_stop = detok.add(update.new_token_ids) if detok is not None else ("", False)
             finished = update.finished
             if hit_stop and not finished:
                 self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED, now)
@@ -128,7 +130,7 @@ class Engine:
             outputs=[
                 CompletionOutput(
                     index=0,
-                    text=self._detok[rid].text,
+                    text=self._detok[rid].text if self._detok[rid] is not None else "",
                     token_ids=list(request.output_token_ids),
                     finish_reason=request.status.finish_reason if finished else None,
                 )

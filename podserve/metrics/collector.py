@@ -9,7 +9,7 @@ import numpy as np
 
 from podserve.core.batch import ScheduledBatch
 from podserve.metrics.records import IterationRecord, RequestMetrics
-from podserve.metrics.summary import distribution, piggyback_table
+from podserve.metrics.summary import distribution, host_device_split, piggyback_table
 from podserve.request import Request
 
 
@@ -22,13 +22,35 @@ class MetricsCollector:
 
     def __init__(self):
         self.requests: list[RequestMetrics] = []
-        self.iterations: list[IterationRecord] = []
+        self._iterations: list[IterationRecord] = []
+        self._pending: list[tuple[IterationRecord, object]] = []  # device time still to come
+
+    @property
+    def iterations(self) -> list[IterationRecord]:
+        """Every recorded iteration, with the device times that have arrived since."""
+        if self._pending:
+            keep = []
+            for record, timing in self._pending:
+                if timing.gpu_s is None:
+                    keep.append((record, timing))
+                else:
+                    record.gpu_time = timing.gpu_s
+            self._pending = keep
+        return self._iterations
 
     # --- feeding -----------------------------------------------------------------------
-    def on_iteration(self, batch: ScheduledBatch, start: float, end: float) -> None:
-        """Record one executed batch that ran from ``start`` to ``end``."""
-        if not batch.is_empty:
-            self.iterations.append(IterationRecord.from_batch(batch, start, end))
+    def on_iteration(self, batch: ScheduledBatch, start: float, end: float, timing=None) -> None:
+        """Record one executed batch that ran from ``start`` to ``end``; ``timing`` (an
+        ``IterationTiming``) adds its host/device split, the device part possibly later."""
+        if batch.is_empty:
+            return
+        record = IterationRecord.from_batch(batch, start, end)
+        if timing is not None:
+            record.cpu_time = timing.cpu_s
+            record.gpu_time = timing.gpu_s
+            if timing.gpu_s is None:
+                self._pending.append((record, timing))
+        self._iterations.append(record)
 
     def on_request_finished(self, request: Request) -> None:
         """Record a request once it has finished (any reason, aborts included)."""
@@ -72,6 +94,7 @@ class MetricsCollector:
             "count": len(its),
             "duration": distribution(it.duration for it in its),
             "duration_by_kind": by_kind,
+            **host_device_split(its),
             "batch_size_mean": float(np.mean([it.batch_size for it in its])) if its else None,
             "tokens_mean": float(np.mean([it.num_prefill_tokens + it.num_decode_tokens for it in its])) if its else None,
             "piggyback": piggyback_table(its),

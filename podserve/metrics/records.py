@@ -77,6 +77,23 @@ class IterationRecord:
     num_decodes: int
     num_prefills: int
     num_preempted: int
+    num_sampled: int = 0
+    """Sequences that sampled a token (rows through the LM head)."""
+    decode_context_tokens: int = 0
+    """Sum of the decodes' context lengths: the KV they read."""
+    prefill_context_tokens: int = 0
+    """Sum of the prefill chunks' context lengths (cached prefix plus chunk)."""
+    prefill_attention_pairs: float = 0.0
+    """Causal (query, key) pairs of the prefill chunks: ``q * (kv - q) + q * (q + 1) / 2`` each."""
+    cpu_time: float | None = None
+    """Host time from the step's start (scheduling included) until its device work was
+    enqueued; None where not measured (the simulator)."""
+    gpu_time: float | None = None
+    """Device time of the step (CUDA events); None on CPU and in the simulator."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_tokens
 
     @property
     def kind(self) -> str:
@@ -87,6 +104,13 @@ class IterationRecord:
 
     @classmethod
     def from_batch(cls, batch: ScheduledBatch, start: float, end: float) -> "IterationRecord":
+        nd = batch.num_decodes
+        seqs = batch.seqs
+        pairs, prefill_ctx = 0.0, 0
+        for s in seqs[nd:]:
+            q, kv = s.num_tokens, s.context_len
+            pairs += q * (kv - q) + q * (q + 1) / 2.0
+            prefill_ctx += kv
         return cls(
             iteration=batch.iteration,
             start=start,
@@ -97,6 +121,10 @@ class IterationRecord:
             num_decodes=batch.num_decodes,
             num_prefills=batch.num_prefills,
             num_preempted=len(batch.preempted_ids),
+            num_sampled=sum(1 for s in seqs if s.do_sample),
+            decode_context_tokens=sum(s.context_len for s in seqs[:nd]),
+            prefill_context_tokens=prefill_ctx,
+            prefill_attention_pairs=pairs,
         )
 
     def row(self) -> dict:

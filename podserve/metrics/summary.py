@@ -61,3 +61,31 @@ def piggyback_table(iterations: Iterable[IterationRecord]) -> list[dict]:
             rows[-1]["prefill_alone_estimate_s"] = alone
             rows[-1]["piggybacked_decodes_s"] = rows[-1]["hybrid_mean_s"] - alone
     return rows
+
+
+def host_device_split(iterations: list[IterationRecord]) -> dict:
+    """Host vs device time per iteration, where the engine measured them.
+
+    ``cpu_time``: step start to device work enqueued. ``gpu_time``: device time.
+    ``period``: start of one iteration to the start of the next (everything the host does
+    per iteration, token bookkeeping and detokenization included); ``host_overhead`` =
+    period - gpu_time, the time the device waits for the host, and its ratio to gpu_time.
+    Periods that span an idle wait for arrivals (longer than twice the duration plus
+    10 ms) are left out. Empty dict when nothing was measured.
+    """
+    its = [it for it in iterations if it.cpu_time is not None]
+    if not its:
+        return {}
+    out = {"cpu_time": distribution(it.cpu_time for it in its),
+           "gpu_time": distribution(it.gpu_time for it in its)}
+    overhead, ratio = [], []
+    for a, b in zip(iterations, iterations[1:]):
+        period = b.start - a.start
+        if a.gpu_time is None or period > 2 * a.duration + 0.01:
+            continue
+        overhead.append(period - a.gpu_time)
+        ratio.append((period - a.gpu_time) / max(a.gpu_time, 1e-9))
+    if overhead:
+        out["host_overhead"] = distribution(overhead)
+        out["host_overhead_ratio"] = distribution(ratio)
+    return out
