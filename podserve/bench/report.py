@@ -52,3 +52,17 @@ def format_capacity_table(capacities: dict[str, float], brackets: dict[str, tupl
         bracket = f"[{'-' if lo is None else f'{lo:.3f}'}, {'-' if hi is None else f'{hi:.3f}'}]"
         lines.append(f"{n:<20}{capacities[n]:>16.3f}{bracket:>24}{ratio:>14}")
     return "\n".join(lines)
+
+
+def format_host_device(iterations: dict) -> str:
+    """Host vs device time per iteration (ms, medians), where the engine measured them."""
+    if "cpu_time" not in iterations:
+        return "host/device split: not measured"
+    cpu, gpu = iterations["cpu_time"], iterations["gpu_time"]
+    line = f"per iteration (median ms): host until enqueued {_ms(cpu['p50'])}, device {_ms(gpu['p50'])}"
+    if "host_overhead" in iterations:
+        idle = iterations["host_overhead"]["p50"]
+        ratio = iterations["host_overhead_ratio"]["p50"]
+        share = "-" if ratio is None else f"{100 * ratio:.0f}%"
+        line += f", device idle per iteration {_ms(idle)} ({share} of device time)"
+    return line

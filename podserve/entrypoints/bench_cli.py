@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     bench.add_argument("--tbt-slo", type=float, default=None, help="draw this TBT SLO (s) on the CDF plot")
     bench.add_argument("--http", default=None, metavar="URL", help="send the workload to a running `podserve serve` at URL (OpenAI API, streaming) instead of an in-process engine")
     bench.add_argument("--api-key", default=None, help="with --http: the server's API key")
+    bench.add_argument("--no-roofline", action="store_true", help="skip measuring the device's GEMM rate and copy bandwidth and the per-iteration roofline efficiency")
+    bench.add_argument("--no-detokenize", action="store_true", help="return token ids only (no tokenizer work on the host), as vLLM's --disable-detokenize")
     bench.set_defaults(func=cmd_bench)
 
     cap = subparsers.add_parser("capacity", help="highest Poisson QPS within a TBT and scheduling-delay SLO")
@@ -106,7 +108,7 @@ def _header(args, engine_config) -> dict:
 
 # --- bench ---------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
-    from podserve.bench.report import format_piggyback, format_summary
+    from podserve.bench.report import format_host_device, format_piggyback, format_summary
     from podserve.bench.runner import run_workload
     from podserve.bench.workloads import generate
     from podserve.engine.engine import Engine
@@ -120,12 +122,23 @@ def cmd_bench(args) -> int:
         return 0
     config = engine_config_from_args(args)
     engine = Engine(config)
-    run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy)
+    run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy,
+                       detokenize=not args.no_detokenize)
     summary = run.collector.summary()
     header = {**_header(args, engine.config), "workload": asdict(wcfg), "wall_s": run.wall_s, "num_clipped": run.num_clipped}
+    roofline = None
+    if not args.no_roofline:
+        roofline = _roofline(engine, run.collector.iterations)
+        header["roofline"] = roofline["summary"]
+        _write_rows(out / "iterations_roofline.csv", roofline["iterations"])
     run.collector.write_json(out / "results.json", extra=header)
     run.collector.write_csv(out)
     print(format_summary(summary, title=f"{config.scheduler.policy}: {run.num_requests} requests, {run.wall_s:.1f}s"))
+    print(format_host_device(summary["iterations"]))
+    if roofline is not None:
+        from podserve.bench.roofline import format_roofline
+
+        print(format_roofline(roofline["summary"]))
     print(format_piggyback(summary["iterations"]["piggyback"]))
     if not args.no_plots:
         from podserve.bench.plots import plot_batch_composition, plot_latency_cdfs
@@ -134,6 +147,26 @@ def cmd_bench(args) -> int:
         plot_batch_composition(run.collector, out / "batch_composition.png")
     print(f"results in {out}/ (results.json, requests.csv, iterations.csv{'' if args.no_plots else ', *.png'})")
     return 0
+
+
+def _roofline(engine, records) -> dict:
+    """Measure the engine's device in its dtype, then rate every iteration against it."""
+    from podserve.bench.roofline import measure_device_rates, roofline_report
+
+    runner = engine.runner
+    rates = measure_device_rates(runner.device, runner.dtype)
+    dtype_bytes = runner.model.embed_tokens.weight.element_size()
+    return roofline_report(records, engine.model_config, rates, dtype_bytes)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 # --- capacity ------------------------------------------------------------------------------

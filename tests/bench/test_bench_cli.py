@@ -38,6 +38,11 @@ def test_bench_writes_results_csvs_and_plots(tmp_path, capsys):
     assert (tmp_path / "latency_cdf.png").stat().st_size > 0 and (tmp_path / "batch_composition.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "TBT" in out and "p99" in out and "piggybacking" in out
+    # Roofline: measured rates, an efficiency per iteration, host time per iteration.
+    assert results["roofline"]["rates"]["matmul_flops"] > 0 and "MFU" in out and "host until enqueued" in out
+    rows = list(csv.DictReader(open(tmp_path / "iterations_roofline.csv")))
+    assert len(rows) == results["summary"]["iterations"]["count"] and all(float(r["efficiency_wall"]) > 0 for r in rows)
+    assert results["summary"]["iterations"]["cpu_time"]["count"] == len(rows)
 
 
 def test_capacity_side_by_side(tmp_path, capsys):
