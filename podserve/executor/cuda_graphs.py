@@ -69,12 +69,18 @@ class DecodeGraphs:
         runner = self.runner
         empty = ScheduledBatch(iteration=-1)
         for b in sorted(self.buckets, reverse=True):
-            inputs = self.buffers.prepare(empty, runner.kv_pool.block_size, pad_to=b)
-            inputs.meta.decode_max_seq_len = runner.max_model_len
-            runner._forward_logits(inputs, all_rows=True)  # compiles the kernels outside the capture
+            inputs = self._prepare(empty, b)
+            # Run once eagerly first, on a side stream as torch advises: compiles the
+            # Triton kernels and sets up library workspaces outside the capture.
+            side = torch.cuda.Stream(runner.device)
+            side.wait_stream(torch.cuda.current_stream(runner.device))
+            with torch.cuda.stream(side):
+                runner._forward_logits(inputs, all_rows=True)
+            torch.cuda.current_stream(runner.device).wait_stream(side)
             torch.cuda.synchronize(runner.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: the virtual-KV mapping thread may call the driver meanwhile.
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 logits = runner._forward_logits(inputs, all_rows=True)  # [b, vocab]
             if self._pool is None:
                 self._pool = graph.pool()
@@ -82,14 +88,21 @@ class DecodeGraphs:
         torch.cuda.synchronize(runner.device)
         self.capture_s = time.perf_counter() - t0
 
+    def _prepare(self, batch: ScheduledBatch, bucket: int):
+        inputs = self.buffers.prepare(batch, self.runner.kv_pool.block_size, pad_to=bucket)
+        inputs.meta.decode_max_seq_len = self.runner.max_model_len  # the graphs' fixed split plan
+        return inputs
+
     def stage(self, batch: ScheduledBatch):
-        """Copy ``batch``, padded to its bucket, into the graphs' buffers: (inputs, bucket)."""
+        """Copy ``batch``, padded to its bucket, into the graphs' buffers: (inputs, bucket).
+
+        The returned inputs run eagerly exactly as the bucket's graph does (same padding,
+        same split plan), which is how the CPU tests check the graph path."""
         b = self.bucket(batch.num_seqs)
-        block_size = self.runner.kv_pool.block_size
-        inputs = self.buffers.prepare(batch, block_size, pad_to=b)
+        inputs = self._prepare(batch, b)
         if self.buffers.generation != self._generation:
             self.capture()  # the buffers were reallocated (a block table outgrew them)
-            inputs = self.buffers.prepare(batch, block_size, pad_to=b)
+            inputs = self._prepare(batch, b)
         return inputs, b
 
     def replay(self, bucket: int, num_seqs: int) -> torch.Tensor:  # [num_seqs, vocab] float32

@@ -168,8 +168,10 @@ class InputBuffers:
         """Stage ``batch`` (decodes first, then prefill chunks) and copy it to the device.
 
         ``pad_to`` (decode-only batches): append padding decodes up to that many
-        sequences — token 0 at position 0, context 1, block table of zeros, KV slot -1
-        (not written) — so the layout equals the one a CUDA graph was captured with.
+        sequences — token 0 at position 0, context length 0 (attention reads no KV, which
+        with virtual KV may not be mapped; their output rows are garbage and ignored),
+        block table of zeros, KV slot -1 (not written) — so the layout equals the one a
+        CUDA graph was captured with.
         """
         seqs = batch.seqs
         nd = batch.num_decodes
@@ -224,6 +226,7 @@ class InputBuffers:
         s64[o_samp:o_samp + len(sample_rows)] = cu[1:][sample_rows] - 1
         s32[o_cu:o_cu + num_seqs + 1] = cu
         seq_lens = st + q
+        seq_lens[num_real:] = 0  # padding decodes attend to nothing
         s32[o_len:o_len + num_seqs] = seq_lens
 
         d64, d32 = self.dev64, self.dev32
@@ -247,7 +250,7 @@ class InputBuffers:
             query_lens_cpu=q_list,
             seq_lens_cpu=seq_lens_list,
             max_query_len=max(q_list),
-            max_seq_len=max(seq_lens_list),
+            max_seq_len=max(max(seq_lens_list), 1),
             block_tables_cpu=bt,
         )
         return ModelInputs(

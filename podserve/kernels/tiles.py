@@ -220,5 +220,5 @@ def combine_head(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, head, spl
                     other=0.0, cache_modifier=CACHE)  # [SPLITS_BLOCK, D]
         acc += tl.sum(o * w[:, None], 0)
         den += tl.sum(w, 0)
-    out = acc / den
+    out = acc / tl.maximum(den, 1e-30)  # den >= 1 with any split; 0 for an empty (padding) row
     tl.store(o_ptr + tok * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))

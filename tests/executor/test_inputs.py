@@ -78,7 +78,7 @@ def check(buffers: InputBuffers, batch: ScheduledBatch, block_size: int, pad_to=
     assert m.block_tables.dtype == torch.int32 and m.seq_lens.dtype == torch.int32
     if pad_to:
         assert m.slot_mapping[n:].tolist() == [-1] * (pad_to - n)
-        assert m.seq_lens[s:].tolist() == [1] * (pad_to - s)
+        assert m.seq_lens[s:].tolist() == [0] * (pad_to - s)
         assert m.cu_seqlens_q.tolist() == list(range(pad_to + 1))
         assert m.block_tables[s:].abs().sum().item() == 0
     return got
