@@ -157,7 +157,6 @@ def measure_device_rates(device="cpu", dtype=None, matmul_size: int | None = Non
 
     t_mm = best(lambda: torch.matmul(a, b_, out=out))
     t_cp = best(lambda: dst.copy_(src))
-    del a, b_, out, src, dst
     return DeviceRates(matmul_flops=2.0 * n ** 3 / t_mm, copy_bytes_per_s=2.0 * nbytes / t_cp,
                        device=str(device), dtype=str(dtype).removeprefix("torch."))
 
