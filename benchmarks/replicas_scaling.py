@@ -35,10 +35,11 @@ from podserve.bench.http_client import HttpRequestSpec, run_http, summarize
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(port: int, extra: list[str], log_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     cmd = [sys.executable, "-m", "podserve.entrypoints.cli", "serve", "--port", str(port), "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="server logs go here (default: /tmp)")
     args = p.parse_args(argv)
 
     engine_flags = ["--kv-cache-memory", "256MiB"] + (["--model", args.model] if args.model else [])
@@ -90,20 +92,24 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):
         order = args.configs if repeat % 2 == 0 else list(reversed(args.configs))
         for name in order:
-            proc = start_server(args.port, flags[name] + engine_flags)
+            log_path = args.log_dir / f"replicas_scaling-{name}-{repeat}.log"
+            proc = start_server(args.port, flags[name] + engine_flags, log_path)
             try:
                 base = f"http://127.0.0.1:{args.port}"
                 run_http(base, specs[: args.concurrency], max_concurrency=args.concurrency)  # warm-up
                 records, wall = run_http(base, specs, max_concurrency=args.concurrency)
                 summary = summarize(records, wall)
                 summary.update(config=name, repeat=repeat)
+                errors = [r.error for r in records if r.error]
+                if errors:
+                    summary["first_error"] = errors[0]
                 if name != "local":
                     summary["replicas"] = [(r["replica"], r["num_routed"]) for r in httpx.get(base + "/health").json()["replicas"]]
                 runs.append(summary)
                 print(f"{name:5s} repeat {repeat}: {summary['throughput_tok_s']:.1f} tok/s, TTFT P50 "
                       f"{summary['ttft_p50_s']:.2f} s, TBT P50 {summary['tbt_p50_s'] * 1e3:.0f} ms, "
-                      f"errors {summary['num_errors']}" + (f", routed {summary.get('replicas')}" if name != "local" else ""),
-                      flush=True)
+                      f"errors {summary['num_errors']}" + (f", routed {summary.get('replicas')}" if name != "local" else "")
+                      + (f"; first error: {summary['first_error'][:300]}" if errors else ""), flush=True)
             finally:
                 stop_server(proc)
     print("\nmedian throughput (tok/s):")

@@ -5,8 +5,8 @@ through a Ray generator and are rebuilt into cumulative ``RequestOutput`` s, so 
 handlers cannot tell a replica from a local ``AsyncEngine``.
 
 Failure handling. A replica is *healthy* (routed to), *unhealthy* (alive but its health check
-timed out: not routed to until it answers again), *dead* (its actor died or its engine loop
-stopped) or *starting* (a new actor is loading the model). A dead actor is noticed at once by
+timed out: not routed to until it answers again, unless no replica is healthy), *dead* (its
+actor died or its engine loop stopped) or *starting* (a new actor is loading the model). A dead actor is noticed at once by
 any request streaming from it (Ray fails the stream with ``ActorDiedError``) and otherwise by
 the next health check (every ``health_check_interval_s``): from then on nothing is routed to
 it. Requests in flight on it fail with ``ReplicaUnavailable`` (an ``EngineDead``: HTTP 503,
@@ -213,7 +213,7 @@ class Router:
 
     @property
     def is_running(self) -> bool:
-        return self._running and any(r.state == HEALTHY for r in self.replicas)
+        return self._running and any(r.state in (HEALTHY, UNHEALTHY) for r in self.replicas)
 
     def start(self) -> None:
         """Start the health monitor (call inside the server's event loop)."""
@@ -243,6 +243,10 @@ class Router:
         tried: set[int] = set()
         while True:
             candidates = [r for r in self.replicas if r.state == HEALTHY and r.replica_id not in tried]
+            if not candidates:
+                # Every live replica missed a health check: an overloaded host answers slowly, a
+                # dead one not at all. Slow beats a certain 503 (Envoy's "panic mode").
+                candidates = [r for r in self.replicas if r.state == UNHEALTHY and r.replica_id not in tried]
             if not candidates:
                 raise EngineDead("no healthy replica to serve the request (" +
                                  ", ".join(f"replica {r.replica_id}: {r.state}" for r in self.replicas) + ")")
@@ -364,10 +368,14 @@ class Router:
         replica.stats = stats
 
     def health_report(self) -> tuple[bool, dict]:
-        """(serving at all, the ``/health`` body): overall status plus every replica's state."""
+        """(serving at all, the ``/health`` body): overall status plus every replica's state.
+
+        ``ok``: every replica healthy; ``degraded``: some are not but requests are served (by
+        healthy ones, or by slow ones when none is healthy); ``unavailable``: none is alive."""
         healthy = sum(r.state == HEALTHY for r in self.replicas)
-        status = "ok" if healthy == len(self.replicas) else ("degraded" if healthy else "unavailable")
-        return healthy > 0 and self._running, {
+        alive = sum(r.state in (HEALTHY, UNHEALTHY) for r in self.replicas)
+        status = "ok" if healthy == len(self.replicas) else ("degraded" if alive else "unavailable")
+        return alive > 0 and self._running, {
             "status": status, "routing": self.policy.name, "ray_namespace": self.namespace,
             "replicas": [r.describe() for r in self.replicas],
         }

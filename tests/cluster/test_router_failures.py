@@ -177,6 +177,14 @@ def test_a_hung_replica_leaves_and_rejoins_routing():
         await _wait(lambda: router.replicas[0].state == HEALTHY)
         await _generate(router, "back")
         assert a.num_generate == 1
+        # Both slow (an overloaded host): still served, by the slow ones, rather than 503 for all.
+        a.hang = b.hang = True
+        await _wait(lambda: [r.state for r in router.replicas] == [UNHEALTHY, UNHEALTHY])
+        _, outs = await _generate(router, "slow")
+        assert outs[-1].finished
+        ok, report = router.health_report()
+        assert ok and report["status"] == "degraded"
+        a.hang = b.hang = False
         router.shutdown()
 
     asyncio.run(main())
