@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         print(f"  {name:5s} {statistics.median(values):.1f}  (runs: {', '.join(f'{v:.1f}' for v in values)})")
     if args.json:
         args.json.write_text(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                                         "args": vars(args) | {"json": str(args.json)}, "runs": runs}, indent=1))
+                                         "args": vars(args) | {"json": str(args.json)}, "runs": runs}, indent=1, default=str))
     return 0
 
 

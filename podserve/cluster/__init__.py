@@ -7,9 +7,9 @@
 ``metrics.py``  /metrics for the cluster: every replica's registry, labelled ``replica``.
 ``launch.py``   ``ray.init`` and replica start-up for ``podserve serve``.
 
-Ray is optional (``pip install 'podserve[distributed]'``); nothing here imports it at module
-level except ``replica.py``, ``router.py`` and ``launch.py``, which are only imported once
-``require_ray()`` passed.
+Ray is optional (``pip install 'podserve[distributed]'``); only ``router.py`` imports it at
+module level, and the server imports the package's Ray parts only after ``require_ray()``
+passed (``policy.py`` and ``metrics.py`` work without Ray).
 """
 from __future__ import annotations
 

@@ -120,10 +120,6 @@ class ReplicaActor:
         """This replica's Prometheus metric families (the front end adds a ``replica`` label)."""
         return list(self.metrics.registry.collect())
 
-    async def shutdown(self) -> None:
-        """Stop the engine thread (requests still running fail with EngineDead)."""
-        self.async_engine.shutdown()
-
     # --- requests ------------------------------------------------------------------------
     async def generate(self, prompt: list[int] | str, params: SamplingParams, request_id: str, age_s: float = 0.0):
         """Stream ``Accepted`` (or one ``ReplicaError``), then a ``Delta`` per step until finished.

@@ -42,6 +42,14 @@ class ReplicaUnavailable(EngineDead):
     """The replica serving a request died (or stopped answering) before the request finished."""
 
 
+class ReplicaOverloaded(EngineOverloaded):
+    """The chosen replica's waiting queue is full (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        RuntimeError.__init__(self, message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclasses.dataclass(eq=False)
 class Replica:
     """The router's view of one replica slot (its actor changes on every restart)."""
@@ -391,9 +399,7 @@ def _error_from(err: ReplicaError, replica: Replica) -> Exception:
     if err.kind == "bad_request":
         return ValueError(err.message)
     if err.kind == "overloaded":
-        e = EngineOverloaded(0, 0, err.retry_after_s)
-        e.args = (f"replica {replica.replica_id}: {err.message}",)
-        return e
+        return ReplicaOverloaded(f"replica {replica.replica_id}: {err.message}", err.retry_after_s)
     if err.kind == "engine_dead":
         return ReplicaUnavailable(f"replica {replica.replica_id}: {err.message}")
     return RequestFailed(f"replica {replica.replica_id}: {err.message}")
