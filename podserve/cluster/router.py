@@ -120,7 +120,7 @@ class RemoteRequestStream:
             self.router.replica_died(replica, self.actor, e)
             raise ReplicaUnavailable(
                 f"replica {replica.replica_id} ({replica.actor_name}) died while serving request {self.request_id}: "
-                f"{_first_line(e)}; the request was not completed, retry it") from None
+                f"{_first_line(e).rstrip('.')}; the request was not completed, retry it") from None
         except asyncio.CancelledError:
             raise  # the handler's close() aborts on the replica
         except Exception as e:  # a Ray-level fault of this one request
