@@ -1,18 +1,22 @@
 """Offline throughput on CPU: podserve (continuous hybrid batching) vs transformers generate.
 
 Same requests through both in one run: prompt lengths from a trace in ../shared/traces,
-rescaled into [--min-prompt, --max-prompt] tokens, output lengths uniform in
-[--min-output, --max-output], greedy, EOS ignored. transformers runs at each batch size of
---hf-batch-sizes with left padding; its best is the baseline. Single-request decode speed
-is measured for both on one prompt.
+scaled proportionally into [--min-prompt, --max-prompt] tokens (the trace's shape kept),
+output lengths uniform in [--min-output, --max-output], greedy, EOS ignored. transformers
+runs at each batch size of --hf-batch-sizes with left padding; its best is the baseline.
+Single-request decode speed is measured for both on one prompt. Each dtype of --dtypes is
+a separate round with both systems in that dtype; the JSON also holds the "padding bound":
+the tokens transformers' best batch pushes through its linear layers over podserve's, the
+most continuous batching can gain where both are compute-bound (a CPU).
 
-    python benchmarks/offline_throughput.py --out runs/offline.json
+    python benchmarks/offline_throughput.py --threads 1 --dtypes float32,bfloat16 --out runs/offline.json
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import random
@@ -33,12 +37,16 @@ def make_requests(args) -> list[tuple[list[int], int]]:
         lengths = [int(row["num_prefill_tokens"]) for row in csv.DictReader(f)]
     picked = rng.sample(lengths, args.num_requests)
     lo, hi = min(lengths), max(lengths)
-    # Log-scale rescale: keeps the trace's long tail without most prompts pinned at a clip.
-    import math
+    if args.length_scale == "log":
+        # Squeezes arxiv (median 2730 of max 4054 tokens) into the top of the range.
+        def frac(n):
+            return (math.log(n) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    else:
+        def frac(n):
+            return (n - lo) / (hi - lo)
 
     def scale(n):
-        frac = (math.log(n) - math.log(lo)) / (math.log(hi) - math.log(lo))
-        return int(round(args.min_prompt + frac * (args.max_prompt - args.min_prompt)))
+        return int(round(args.min_prompt + frac(n) * (args.max_prompt - args.min_prompt)))
 
     vocab_hi = 49000
     return [
@@ -78,37 +86,29 @@ def run_hf(model, requests, batch_size: int) -> dict:
     return {"batch_size": batch_size, "elapsed_s": elapsed, "output_tokens": produced, "output_tok_s": produced / elapsed}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trace", default=str(DEFAULT_TRACE))
-    ap.add_argument("--num-requests", type=int, default=64)
-    ap.add_argument("--min-prompt", type=int, default=32)
-    ap.add_argument("--max-prompt", type=int, default=512)
-    ap.add_argument("--min-output", type=int, default=64)
-    ap.add_argument("--max-output", type=int, default=128)
-    ap.add_argument("--hf-batch-sizes", default="4,16,64")
-    ap.add_argument("--single-tokens", type=int, default=128)
-    ap.add_argument("--chunk-size", type=int, default=512)
-    ap.add_argument("--max-num-seqs", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for both systems (default: torch's)")
-    ap.add_argument("--out", default=None, help="write results JSON here")
-    args = ap.parse_args()
+def padded_tokens(requests, batch_size: int) -> int:
+    """Tokens transformers' linear layers process at ``batch_size`` with left padding."""
+    total = 0
+    for i in range(0, len(requests), batch_size):
+        chunk = requests[i : i + batch_size]
+        total += len(chunk) * (max(len(p) for p, _ in chunk) + max(o for _, o in chunk))
+    return total
 
+
+def run_round(args, requests, dtype_name: str) -> dict:
+    """podserve and transformers, both in ``dtype_name``: single decode, then batched."""
     import transformers
 
     from podserve import LLM, SamplingParams
     from podserve.model.default_model import default_gguf_path
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    requests = make_requests(args)
-    llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs)
+    dtype = getattr(torch, dtype_name)
+    llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs, dtype=dtype_name, kv_layout=args.kv)
     path = default_gguf_path()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = transformers.AutoModelForCausalLM.from_pretrained(
-            os.fspath(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+            os.fspath(path.parent), gguf_file=path.name, dtype=dtype).eval()
 
     # Warm both up once so first-call allocations don't count.
     run_podserve(llm, requests[:2])
@@ -123,26 +123,66 @@ def main():
     pod = run_podserve(llm, requests)
     hf_runs = [run_hf(hf, requests, int(b)) for b in args.hf_batch_sizes.split(",")]
     best = max(hf_runs, key=lambda r: r["output_tok_s"])
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "args": vars(args),
+    own = sum(len(p) + o for p, o in requests)
+    del llm, hf
+    return {
+        "dtype": dtype_name,
         "podserve": pod,
         "transformers": hf_runs,
         "transformers_best": best,
         "batched_ratio": pod["output_tok_s"] / best["output_tok_s"],
+        "padding_bound": padded_tokens(requests, best["batch_size"]) / own,
         "single_decode_tok_s": {"podserve": pod_single, "transformers": hf_single, "ratio": pod_single / hf_single},
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"{'system':<28}{'output tok/s':>14}{'elapsed s':>12}")
-    print(f"{'podserve (sarathi)':<28}{pod['output_tok_s']:>14.1f}{pod['elapsed_s']:>12.1f}")
-    for r in hf_runs:
-        print(f"{'transformers bs=' + str(r['batch_size']):<28}{r['output_tok_s']:>14.1f}{r['elapsed_s']:>12.1f}")
-    print(f"batched ratio podserve / best transformers: {result['batched_ratio']:.2f}x")
-    s = result["single_decode_tok_s"]
-    print(f"single-request decode tok/s: podserve {s['podserve']:.1f}, transformers {s['transformers']:.1f} ({s['ratio']:.2f}x)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default=str(DEFAULT_TRACE))
+    ap.add_argument("--num-requests", type=int, default=64)
+    ap.add_argument("--min-prompt", type=int, default=32)
+    ap.add_argument("--max-prompt", type=int, default=512)
+    ap.add_argument("--length-scale", choices=["linear", "log"], default="linear",
+                    help="map trace prompt lengths into the range proportionally (default) or by log")
+    ap.add_argument("--min-output", type=int, default=64)
+    ap.add_argument("--max-output", type=int, default=128)
+    ap.add_argument("--hf-batch-sizes", default="4,16,64")
+    ap.add_argument("--single-tokens", type=int, default=128)
+    ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--kv", choices=["paged", "virtual"], default="paged", help="podserve's KV layout")
+    ap.add_argument("--dtypes", default="float32", help="comma-separated; one round per dtype, both systems in it")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both systems (default: torch's)")
+    ap.add_argument("--out", default=None, help="write results JSON here")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    requests = make_requests(args)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "args": vars(args),
+        "workload": {"prompt_tokens": sum(len(p) for p, _ in requests), "output_tokens": sum(o for _, o in requests)},
+        "rounds": [],
+    }
+    for name in args.dtypes.split(","):
+        result["rounds"].append(run_round(args, requests, name))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"workload: {len(requests)} requests, {result['workload']['prompt_tokens']} prompt and "
+          f"{result['workload']['output_tokens']} output tokens")
+    print(f"{'dtype':<10}{'system':<28}{'output tok/s':>14}{'elapsed s':>12}")
+    for r in result["rounds"]:
+        pod = r["podserve"]
+        print(f"{r['dtype']:<10}{'podserve (sarathi)':<28}{pod['output_tok_s']:>14.1f}{pod['elapsed_s']:>12.1f}")
+        for h in r["transformers"]:
+            print(f"{r['dtype']:<10}{'transformers bs=' + str(h['batch_size']):<28}{h['output_tok_s']:>14.1f}{h['elapsed_s']:>12.1f}")
+        s = r["single_decode_tok_s"]
+        print(f"{r['dtype']:<10}batched ratio {r['batched_ratio']:.2f}x (padding bound {r['padding_bound']:.2f}x); "
+              f"single decode podserve {s['podserve']:.1f} vs transformers {s['transformers']:.1f} tok/s ({s['ratio']:.2f}x)")
 
 
 if __name__ == "__main__":

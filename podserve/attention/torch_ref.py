@@ -1,8 +1,12 @@
 """Reference attention backend in plain torch: correct on CPU and GPU, fast enough on CPU.
 
-Decodes are attended together (their K/V gathered from the block table into one padded
-tensor, one SDPA call per layer); prefill chunks one by one, with a causal mask offset
-by the cached prefix.
+On CUDA, decodes are attended together (their K/V gathered from the block table into one
+padded tensor, one SDPA call per layer). On CPU, where that gather and the padded,
+masked SDPA cost more than the matmuls of the model itself at large decode batches, each
+decode attends on its own over its K/V read in place (a zero-copy view when its context
+fits one block, as with virtual KV; otherwise a copy of its own blocks only) with two
+small matmuls. Prefill chunks run one by one, with a causal mask offset by the cached
+prefix.
 
 The gathers read each sequence's own tokens only (positions past its length re-read its
 first token, then are masked): never whole blocks. With virtual KV a block is a whole
@@ -46,7 +50,10 @@ class TorchAttentionBackend(AttentionBackend):
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
         out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
         if meta.num_decodes:
-            out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], k_cache, v_cache, meta, scale)
+            if q.device.type == "cpu":
+                self._decode_each(q[: meta.num_decodes], out, k_cache, v_cache, meta, scale)
+            else:
+                out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], k_cache, v_cache, meta, scale)
         for i, start, q_len, seq_len in self._shared["prefills"]:
             out[start : start + q_len] = self._prefill(q[start : start + q_len], i, q_len, seq_len, k_cache, v_cache, meta, scale)
         return out
@@ -64,6 +71,34 @@ class TorchAttentionBackend(AttentionBackend):
             idx = blocks * block_size + pos % block_size
             self._shared["masks"][key] = idx
         return idx
+
+    def _seq_kv(self, i, seq_len, k_cache, v_cache, meta):
+        """Sequence ``i``'s first ``seq_len`` cached K and V, each [seq_len, kv_heads, head_dim]:
+        a view when they sit in one block, else a copy of its own blocks (never the padding)."""
+        block_size = k_cache.shape[1]
+        if seq_len <= block_size:
+            blk = int(meta.block_tables[i, 0])
+            return k_cache[blk, :seq_len], v_cache[blk, :seq_len]
+        table = meta.block_tables[i, : -(-seq_len // block_size)]
+        keys = k_cache.index_select(0, table).flatten(0, 1)[:seq_len]
+        vals = v_cache.index_select(0, table).flatten(0, 1)[:seq_len]
+        return keys, vals
+
+    def _decode_each(self, q, out, k_cache, v_cache, meta, scale):
+        """CPU decode: one query token per sequence, GQA groups packed so each K/V head is
+        read once: scores [kv_heads, group, seq_len] = q [kv_heads, group, head_dim] @ K^T."""
+        num_kv_heads = k_cache.shape[2]
+        b, num_heads, head_dim = q.shape
+        group = num_heads // num_kv_heads
+        # Half-precision matmuls this small run at a fraction of float32's speed on CPUs
+        # (and bf16 ones lose precision in the softmax): attend in float32.
+        qg = q.view(b, num_kv_heads, group, head_dim).float()
+        for i in range(b):
+            seq_len = meta.seq_lens_cpu[i]
+            keys, vals = self._seq_kv(i, seq_len, k_cache, v_cache, meta)  # [seq_len, kv_heads, head_dim]
+            scores = torch.matmul(qg[i], keys.float().permute(1, 2, 0)).mul_(scale)  # [kv_heads, group, seq_len]
+            probs = torch.softmax(scores, dim=-1)
+            out[i] = torch.matmul(probs, vals.float().transpose(0, 1)).view(num_heads, head_dim)
 
     def _decode(self, q, k_cache, v_cache, meta, scale):
         b, lens, max_len = self._shared["decode"]

@@ -110,7 +110,7 @@ class RequestStream:
 
 
 class AsyncEngine:
-    """Drive ``engine`` from a background thread; serve many asyncio callers.
+    """Drive ``engine`` from a background thread; serve many asyncio callers (an ``EngineClient``).
 
     Args:
         engine: a built ``Engine``; from now on only the loop thread may call it.
@@ -148,6 +148,23 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._stopping
+
+    # --- model facts (the EngineClient interface; read-only, safe from any thread) -------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
 
     # --- the asyncio side ------------------------------------------------------------------
     async def add_request(

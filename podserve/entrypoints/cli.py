@@ -96,6 +96,28 @@ def cmd_serve(args) -> int:
     return run_server(args)
 
 
+# --- replicas on Ray (podserve serve --replicas N; issue #9) -------------------------------------
+def add_replica_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``podserve serve`` that run engine replicas on Ray behind one endpoint."""
+    g = p.add_argument_group("replicas (on Ray; needs: pip install 'podserve[distributed]')")
+    g.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="serve N engine replicas, each in a Ray actor, behind this one endpoint (default: one in-process engine, no Ray)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="connect to this Ray cluster ('auto', 'HOST:PORT') instead of starting a local one; implies --replicas 1 if not given")
+    g.add_argument("--routing", default="least-outstanding", choices=["round-robin", "least-outstanding"],
+                   help="how the front end picks a replica per request (default: least-outstanding)")
+    g.add_argument("--replica-num-cpus", type=float, default=1.0,
+                   help="CPUs (and torch threads) per replica on CPU; on CUDA each replica takes tensor-parallel-size GPUs (default: 1)")
+    g.add_argument("--replica-restart", default="auto", choices=["auto", "manual"],
+                   help="auto: restart a dead replica after a back-off; manual: only via POST /admin/replicas/ID/restart (default: auto)")
+    g.add_argument("--replica-restart-delay", type=float, default=1.0,
+                   help="seconds before an automatic restart, doubling while restarts fail (default: 1)")
+    g.add_argument("--health-check-interval", type=float, default=1.0, help="seconds between replica health checks (default: 1)")
+    g.add_argument("--health-check-timeout", type=float, default=5.0,
+                   help="a replica that does not answer a health check this long stops being routed to (default: 5)")
+# --- end of replica flags -----------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podserve", description="LLM inference engine with hybrid batching, POD attention and a simulator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds in-flight requests may finish after SIGINT/SIGTERM before being aborted (default: 10)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level (default: info)")
     add_engine_args(serve)
+    add_replica_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     from podserve.entrypoints import bench_cli

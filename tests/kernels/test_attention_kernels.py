@@ -22,7 +22,7 @@ from podserve.kernels import (decode_attention, pod_attention, prefill_attention
 from podserve.kernels.pod import PodWorkspace  # noqa: E402
 from podserve.kernels.reference import attention_ref, write_kv_ref  # noqa: E402
 
-from attn_batch import make_batch, to_layout  # noqa: E402
+from tests.kernels.attn_batch import make_batch, to_layout  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import secrets
 import signal
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import podserve
 from podserve.engine.async_engine import AsyncEngine
+from podserve.engine.client import EngineClient
 from podserve.entrypoints.openai.errors import OpenAIError, error_body, error_response, validation_error
 from podserve.entrypoints.openai.prom_metrics import CONTENT_TYPE, ServerMetrics
 from podserve.entrypoints.openai.protocol import (
@@ -32,8 +34,9 @@ from podserve.entrypoints.openai.serving import OpenAIServing
 
 logger = logging.getLogger("podserve.server")
 
-# Paths that need the API key when one is set (as in vLLM: the OpenAI API, not ops endpoints).
-_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+# Paths that need the API key when one is set (as in vLLM: the OpenAI API, not ops endpoints;
+# /admin changes the deployment, so it is protected too).
+_PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/admin/")
 
 
 class _ApiKeyMiddleware:
@@ -54,24 +57,33 @@ class _ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def build_app(async_engine: AsyncEngine, served_model_names: list[str] | None = None, api_key: str | None = None) -> FastAPI:
-    """An app serving ``async_engine``; its lifespan starts and stops the engine thread."""
-    engine = async_engine.engine
-    names = served_model_names or [engine.model_name]
-    serving = OpenAIServing(async_engine, names)
-    metrics = ServerMetrics(async_engine, names[0])
-    async_engine.output_listeners.append(metrics.observe)
+def _is_cluster(engine_client) -> bool:
+    """Replicas behind a router (``podserve.cluster.router.Router``) rather than one local engine."""
+    return hasattr(engine_client, "health_report")
+
+
+def build_app(engine_client: EngineClient, served_model_names: list[str] | None = None, api_key: str | None = None) -> FastAPI:
+    """An app serving ``engine_client`` (an ``AsyncEngine``, or a ``Router`` over replicas);
+    its lifespan starts and stops it."""
+    names = served_model_names or [engine_client.model_name]
+    serving = OpenAIServing(engine_client, names)
+    cluster = _is_cluster(engine_client)
+    if cluster:
+        metrics = engine_client.build_metrics(names[0])
+    else:
+        metrics = ServerMetrics(engine_client, names[0])
+        engine_client.output_listeners.append(metrics.observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async_engine.start()
+        engine_client.start()
         try:
             yield
         finally:
-            async_engine.shutdown()  # after uvicorn drained connections: aborts leftovers
+            engine_client.shutdown()  # after uvicorn drained connections: aborts leftovers
 
     app = FastAPI(title="podserve", version=podserve.__version__, lifespan=lifespan)
-    app.state.async_engine = async_engine
+    app.state.engine_client = engine_client
     app.state.metrics = metrics
     if api_key:
         app.add_middleware(_ApiKeyMiddleware, api_key=api_key)
@@ -108,13 +120,29 @@ def build_app(async_engine: AsyncEngine, served_model_names: list[str] | None = 
 
     @app.get("/health")
     async def health():
-        if not async_engine.is_running:
+        if cluster:  # per-replica status; 200 while at least one replica serves
+            ok, report = engine_client.health_report()
+            return JSONResponse(report, status_code=200 if ok else 503)
+        if not engine_client.is_running:
             return JSONResponse(error_body(503, "engine is not running"), status_code=503)
         return Response(status_code=200)
 
     @app.get("/metrics")
     async def prometheus():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        body = metrics.render()
+        if inspect.isawaitable(body):  # a cluster scrapes its replicas
+            body = await body
+        return Response(body, media_type=CONTENT_TYPE)
+
+    if cluster:
+        @app.post("/admin/replicas/{replica_id}/restart", status_code=202)
+        async def restart_replica(replica_id: int):
+            """Replace a replica's actor (dead, hung or healthy); poll /health for it to come back."""
+            if not 0 <= replica_id < len(engine_client.replicas):
+                raise OpenAIError(404, f"no replica {replica_id}: there are {len(engine_client.replicas)}",
+                                  param="replica_id")
+            replica = await engine_client.restart(replica_id)
+            return replica.describe()
 
     @app.get("/version")
     async def version():
@@ -164,20 +192,38 @@ def run_server(args) -> int:
 
     On a signal uvicorn stops accepting connections, lets in-flight requests finish for up to
     ``--shutdown-timeout`` seconds, then cancels the rest (their streams abort their requests);
-    the lifespan's exit stops the engine thread.
+    the lifespan's exit stops the engine thread (or kills the replicas).
+
+    With ``--replicas N`` or ``--ray-address`` the engines run as Ray actors behind a router
+    (``podserve.cluster``); without those flags nothing of Ray is imported.
     """
-    from podserve.engine.engine import Engine
     from podserve.entrypoints.engine_args import engine_config_from_args
 
+    cluster = getattr(args, "replicas", None) is not None or getattr(args, "ray_address", None)
+    if cluster:
+        from podserve.cluster import require_ray
+
+        require_ray("--ray-address" if args.replicas is None else "--replicas")  # before any logging or loading
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = Engine(engine_config_from_args(args))
-    async_engine = AsyncEngine(engine, max_queue_len=args.max_queue_len)
+    if cluster:
+        from podserve.cluster.launch import start_router
+
+        engine_client = start_router(args, engine_config_from_args(args))
+    else:
+        from podserve.engine.engine import Engine
+
+        engine_client = AsyncEngine(Engine(engine_config_from_args(args)), max_queue_len=args.max_queue_len)
     names = [args.served_model_name] if args.served_model_name else None
-    app = build_app(async_engine, names, api_key=args.api_key)
+    app = build_app(engine_client, names, api_key=args.api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
     server = _Server(config)
-    logger.info("serving %s on http://%s:%d (max_model_len=%d)", (names or [engine.model_name])[0],
-                args.host, args.port, engine.max_model_len)
-    server.run()
+    logger.info("serving %s on http://%s:%d (max_model_len=%d%s)", (names or [engine_client.model_name])[0],
+                args.host, args.port, engine_client.max_model_len,
+                f", {len(engine_client.replicas)} replicas, routing {args.routing}" if cluster else "")
+    try:
+        server.run()
+    finally:
+        if cluster and not server.started:  # the lifespan never ran: stop the replicas here
+            engine_client.shutdown()
     return 0 if server.started else 1

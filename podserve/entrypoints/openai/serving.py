@@ -10,7 +10,8 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from podserve.engine.async_engine import AsyncEngine, EngineDead, EngineOverloaded, RequestFailed, RequestStream
+from podserve.engine.async_engine import EngineDead, EngineOverloaded, RequestFailed
+from podserve.engine.client import EngineClient, OutputStream
 from podserve.entrypoints.openai.errors import OpenAIError, bad_request_from_value_error, error_body
 from podserve.entrypoints.openai.protocol import (
     ChatChoice,
@@ -33,12 +34,11 @@ def sse(payload: dict | str) -> str:
 class OpenAIServing:
     """Turns OpenAI requests into engine requests and engine outputs into OpenAI responses."""
 
-    def __init__(self, async_engine: AsyncEngine, served_model_names: list[str]):
-        self.async_engine = async_engine
-        engine = async_engine.engine
-        self.tokenizer = engine.tokenizer
-        self.max_model_len = engine.max_model_len
-        self.vocab_size = engine.model_config.vocab_size
+    def __init__(self, engine_client: EngineClient, served_model_names: list[str]):
+        self.engine_client = engine_client
+        self.tokenizer = engine_client.tokenizer
+        self.max_model_len = engine_client.max_model_len
+        self.vocab_size = engine_client.vocab_size
         self.served_model_names = served_model_names
 
     @property
@@ -123,9 +123,9 @@ class OpenAIServing:
             raise bad_request_from_value_error(e) from e
 
     # --- engine --------------------------------------------------------------------------------
-    async def _submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str, arrival: float) -> RequestStream:
+    async def _submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str, arrival: float) -> OutputStream:
         try:
-            return await self.async_engine.add_request(prompt_ids, params, request_id, arrival)
+            return await self.engine_client.add_request(prompt_ids, params, request_id, arrival)
         except EngineOverloaded as e:
             raise OpenAIError(503, str(e), code="overloaded", headers={"Retry-After": str(e.retry_after_s)}) from e
         except EngineDead as e:
@@ -150,7 +150,7 @@ class OpenAIServing:
             id=request_id, model=self.model_name,
             choices=[CompletionChoice(text=choice.text, finish_reason=choice.finish_reason)],
             usage=_usage(len(prompt_ids), len(choice.token_ids)),
-        ).model_dump())
+        ).model_dump(), headers=_replica_header(stream))
 
     async def chat(self, req: ChatCompletionRequest, raw: Request):
         """POST /v1/chat/completions."""
@@ -170,10 +170,10 @@ class OpenAIServing:
             id=request_id, model=self.model_name,
             choices=[ChatChoice(message=ChatMessageOut(content=choice.text), finish_reason=choice.finish_reason)],
             usage=_usage(len(prompt_ids), len(choice.token_ids)),
-        ).model_dump())
+        ).model_dump(), headers=_replica_header(stream))
 
     # --- streaming -----------------------------------------------------------------------------
-    async def _completion_chunks(self, stream: RequestStream, request_id: str, num_prompt: int, include_usage: bool):
+    async def _completion_chunks(self, stream: OutputStream, request_id: str, num_prompt: int, include_usage: bool):
         created = int(time.time())
 
         def chunk(text: str, finish_reason: str | None) -> dict:
@@ -192,7 +192,7 @@ class OpenAIServing:
             yield sse({"id": request_id, "object": "text_completion", "created": created, "model": self.model_name,
                        "choices": [], "usage": _usage(num_prompt, num_generated).model_dump()})
 
-    async def _chat_chunks(self, stream: RequestStream, request_id: str, num_prompt: int, include_usage: bool):
+    async def _chat_chunks(self, stream: OutputStream, request_id: str, num_prompt: int, include_usage: bool):
         created = int(time.time())
 
         def chunk(delta: dict, finish_reason: str | None) -> dict:
@@ -215,6 +215,12 @@ class OpenAIServing:
                        "model": self.model_name, "choices": [], "usage": _usage(num_prompt, num_generated).model_dump()})
 
 
+def _replica_header(stream: OutputStream) -> dict[str, str] | None:
+    """``X-Podserve-Replica: <id>`` when replicas serve (which one answered: debugging, tests)."""
+    replica = getattr(stream, "replica", None)
+    return None if replica is None else {"X-Podserve-Replica": str(replica.replica_id)}
+
+
 def _usage(num_prompt: int, num_generated: int) -> UsageInfo:
     return UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated, total_tokens=num_prompt + num_generated)
 
@@ -227,9 +233,9 @@ class _SSEResponse(StreamingResponse):
     request aborted) when garbage-collected. Closing the stream here makes it immediate.
     """
 
-    def __init__(self, chunks: AsyncIterator[str], stream: RequestStream):
+    def __init__(self, chunks: AsyncIterator[str], stream: OutputStream):
         super().__init__(_framed(chunks), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(_replica_header(stream) or {})})
         self.request_stream = stream
 
     async def __call__(self, scope, receive, send):
@@ -258,7 +264,7 @@ async def _framed(chunks):
     yield sse("[DONE]")
 
 
-async def _collect(stream: RequestStream, raw: Request):
+async def _collect(stream: OutputStream, raw: Request):
     """Wait for the final output; abort if the client disconnects first."""
 
     async def last_output():
