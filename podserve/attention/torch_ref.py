@@ -77,7 +77,8 @@ class TorchAttentionBackend(AttentionBackend):
         a view when they sit in one block, else a copy of its own blocks (never the padding)."""
         block_size = k_cache.shape[1]
         if seq_len <= block_size:
-            blk = int(meta.block_tables[i, 0])
+            host = meta.block_tables_cpu  # the host copy, when the runner kept one: no device read
+            blk = int(host[i, 0]) if host is not None else int(meta.block_tables[i, 0])
             return k_cache[blk, :seq_len], v_cache[blk, :seq_len]
         table = meta.block_tables[i, : -(-seq_len // block_size)]
         keys = k_cache.index_select(0, table).flatten(0, 1)[:seq_len]

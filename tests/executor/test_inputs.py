@@ -87,7 +87,7 @@ def check(buffers: InputBuffers, batch: ScheduledBatch, block_size: int, pad_to=
 @pytest.mark.parametrize("block_size", [1, 16, 4096])
 def test_prepare_equals_list_based_prepare_over_a_serving_run(block_size):
     rng = random.Random()
-    free = list(range(4000))
+    free = list(range(20000))
     rng.shuffle(free)
     # A small initial table width and token capacity: the buffers must grow mid-run.
     buffers = InputBuffers(torch.device("cpu"), max_tokens=8, max_seqs=2, max_blocks_per_seq=2)
@@ -108,7 +108,10 @@ def test_prepare_equals_list_based_prepare_over_a_serving_run(block_size):
             seqs = [r.seq(None) for r in decodes]
             check(buffers, ScheduledBatch(step, seqs, num_decodes=len(seqs)), block_size,
                   pad_to=len(seqs) + rng.randrange(0, 5))
-        running = [r for r in running if r.computed < r.prompt + 20]
+        finished = [r for r in running if r.computed >= r.prompt + 20]
+        for r in finished:  # their blocks go back to the pool
+            r.restart()
+        running = [r for r in running if r not in finished]
 
 
 def test_padded_layout_depends_only_on_the_bucket():
