@@ -183,7 +183,8 @@ def make_engine(b: Bench, *, scheduler: str, attention: str, model: str | None =
     runner = engine.runner
     info = {"startup_s": time.perf_counter() - t0, "kv_blocks": engine.kv.num_blocks,
             "activation_bytes": runner.activation_bytes, "cuda_graphs": runner.graphs is not None,
-            "graph_capture_s": runner.graphs.capture_s if runner.graphs is not None else None}
+            "graph_capture_s": runner.graphs.capture_s if runner.graphs is not None else None,
+            "startup_errors": runner.startup_errors}
     return engine, info
 
 
@@ -268,7 +269,7 @@ def section_correctness(b: Bench) -> None:
         sec["greedy"].append({"attention": attention, "chunk_size": chunk, "max_num_seqs": seqs, "scheduler": scheduler,
                               "enforce_eager": eager, "prompts_matching": matching, "prompts": len(prompts),
                               "first_mismatch": first_mismatch, "graph_replays": len(replays),
-                              "seconds": time.perf_counter() - t0})
+                              "startup_errors": runner.startup_errors, "seconds": time.perf_counter() - t0})
         log(f"correctness {attention} chunk={chunk} seqs={seqs} {scheduler}{' eager' if eager else ''}: "
             f"{matching}/{len(prompts)} prompts match, {len(replays)} graph replays")
         del llm, runner

@@ -76,7 +76,9 @@ class ModelRunner:
         sched = config.scheduler
         self.max_num_tokens = max(sched.token_cap, sched.max_num_seqs)
         """Most tokens one iteration can hold (the input buffers' initial size)."""
-        self.activation_bytes = self.profile_activation_peak() if self._cuda else None
+        self.startup_errors: list[str] = []
+        """What failed at start-up and was worked around (a fallback was taken), if anything."""
+        self.activation_bytes = self._try(self.profile_activation_peak, "activation profile") if self._cuda else None
         reserve = None
         if self.activation_bytes is not None:
             logits = sched.max_num_seqs * model_config.vocab_size * SAMPLER_BYTES_PER_LOGIT
@@ -97,9 +99,28 @@ class ModelRunner:
         if self.use_cuda_graphs:
             from podserve.executor.cuda_graphs import DecodeGraphs, graph_buckets
 
-            self.warmup_kernels()
-            self.graphs = DecodeGraphs(self, graph_buckets(sched.max_num_seqs))
-            self.graphs.capture()
+            self._try(self.warmup_kernels, "kernel warm-up")
+            graphs = DecodeGraphs(self, graph_buckets(sched.max_num_seqs))
+            if self._try(graphs.capture, "CUDA graph capture", failed=False) is not False:
+                self.graphs = graphs
+
+    def _try(self, fn, what: str, failed=None):
+        """Run a start-up optimisation; on failure warn, record it and return ``failed`` (the
+        engine then runs without it: the KV budget's default margin, eager decodes)."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - an optional speed-up must not stop serving
+            import warnings
+
+            message = f"{what} failed ({type(e).__name__}: {e}); continuing without it"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.startup_errors.append(message)
+            if self._cuda:
+                try:
+                    torch.cuda.synchronize(self.device)
+                except Exception:  # noqa: BLE001 - a sticky CUDA error: the next real op reports it
+                    pass
+            return failed
 
     @property
     def num_blocks(self) -> int:

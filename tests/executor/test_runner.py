@@ -114,3 +114,12 @@ def test_cuda_decode_step_syncs_once(tmp_path):
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 5, [str(w.message) for w in syncs]
+
+
+def test_failed_startup_optimisation_warns_and_falls_back(tmp_path):
+    write_tiny_llama(tmp_path, seed=9)
+    runner = LLM(str(tmp_path)).engine.runner
+    assert runner.startup_errors == []
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        assert runner._try(lambda: 1 / 0, "CUDA graph capture", failed=False) is False
+    assert "ZeroDivisionError" in runner.startup_errors[0]
