@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize")
     serve.add_argument("--served-model-name", default=None, help="model name clients must use (default: the model's own)")
+    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the engine in its own process, so model steps never wait on HTTP work for "
+                            "the interpreter lock (default: on; --no-engine-process steps it on a thread here)")
     serve.add_argument("--max-queue-len", type=int, default=1024, help="most requests waiting for admission; more get 503 + Retry-After (default: 1024)")
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds in-flight requests may finish after SIGINT/SIGTERM before being aborted (default: 10)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level (default: info)")
