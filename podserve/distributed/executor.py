@@ -130,10 +130,17 @@ class DistributedExecutor:
         if message[0] == "error":
             if kind == "ready" and message[2] == "ValueError":  # bad input found while building
                 self._fail(f"worker rank {rank}: {message[3]}", ValueError)
-            self._fail(f"worker rank {rank} failed:\n{message[1]}")
+            self._fail(self._diagnose(rank, f"worker rank {rank} failed:\n{message[1]}"))
         if message[0] != kind:
             self._fail(f"worker rank {rank} sent {message[0]!r} while {kind!r} was expected")
         return message[1] if kind == "ready" else message
+
+    def _diagnose(self, rank: int, report: str) -> str:
+        """A worker's error, led by any other worker that has died: a collective fails on
+        every rank once one rank is gone, and the dead one is the cause worth naming."""
+        time.sleep(0.2)
+        dead = [self._death_note(i) for i, p in enumerate(self.procs) if i != rank and p.poll() is not None]
+        return "\n".join(dead + [("then " if dead else "") + report])
 
     def _death_note(self, rank: int) -> str:
         proc = self.procs[rank]
