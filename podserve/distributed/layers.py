@@ -103,26 +103,30 @@ class PipelineRecv(nn.Module):
 class PipelineSend(nn.Module):
     """Stands in for the final norm on an earlier stage: ships the activations onward.
 
-    The send is asynchronous; the previous one is waited for first, so at most one
-    micro-batch's activations are on the wire per stage.
+    Sends are asynchronous, so the stage moves on to its next micro-batch while the
+    activations travel; a send's buffer is kept until it has completed, and at most
+    ``max_pending`` sends are outstanding (the oldest is waited for beyond that).
     """
 
-    def __init__(self, dst: int):
+    def __init__(self, dst: int, max_pending: int = 2):
         super().__init__()
         self.dst = dst
-        self._pending = None
+        self.max_pending = max_pending
+        self._pending: list = []  # (work, tensor) of sends not known to be complete
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
-        self.wait()
+        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0)[0].wait()
         x = x.contiguous()
-        self._pending = (dist.isend(x, dst=self.dst), x)
+        self._pending.append((dist.isend(x, dst=self.dst), x))
         return x
 
     def wait(self) -> None:
-        """Block until the last send has completed."""
-        if self._pending is not None:
-            self._pending[0].wait()
-            self._pending = None
+        """Block until every send has completed."""
+        for work, _ in self._pending:
+            work.wait()
+        self._pending = []
 
 
 def parallelize(model: nn.Module, ctx, vocab_size: int) -> None:

@@ -97,8 +97,8 @@ def _build(config, ctx_args: dict, port: int):
     weights = rank_weights(resolve_weights(config.model, model_config), model_config, part,
                            ctx.tp_rank, ctx.pp_rank, config.seed, device)
     rank_config = replace(config, device=str(device))
-    runner = ModelRunner(rank_config, shard, weights, ctx_args["max_model_len"])
-    parallelize(runner.model, ctx, model_config.vocab_size)
+    runner = ModelRunner(rank_config, shard, weights, ctx_args["max_model_len"],
+                         model_hook=lambda model: parallelize(model, ctx, model_config.vocab_size))
     return ctx, runner
 
 
@@ -119,8 +119,8 @@ def _serve(conn, ctx, runner) -> None:
             for s in batch.seqs:
                 s.do_sample = False
         output = runner.execute(batch)
-        if cuda:
-            torch.cuda.synchronize(runner.device)
+        if cuda:  # compute done (not the activations' send: waiting for the next stage is idle)
+            torch.cuda.current_stream(runner.device).synchronize()
         end = time.perf_counter()
         if recv is not None:
             start = max(start, recv.received_at)  # waiting for activations is idle, not busy
