@@ -1,16 +1,22 @@
-"""Micro-batches in flight in a pipeline, and the rule that keeps their requests out of
-the scheduler's sight: the engine under pipeline parallelism and the simulator's replicas
-share it, so both never schedule a request whose previous batch has not come back.
+"""Micro-batches in flight in a pipeline, and the rules that pick the requests the
+scheduler may see for the next one: the engine under pipeline parallelism and the
+simulator's replicas share them.
 
-While a request's micro-batch is still travelling through the stages its progress
-(``num_computed_tokens``, the sampled token) is unknown, so scheduling it again would
-feed a stale position. ``InFlightBatches.schedule`` hides such requests from
-``scheduler.running`` while the policy builds the next batch, then merges them back in
-their original order. Hidden requests are neither scheduled nor preempted (the policy
-only sees the rest), so ``max_num_seqs`` bounds the requests of each micro-batch rather
-than of the whole pipeline, as in Sarathi's pipeline-parallel scheduling. The scheduler
-itself is untouched: any policy works, and without batches in flight this is exactly
-``scheduler.schedule(now)``.
+1. *Never twice.* While a request's micro-batch is still travelling through the stages its
+   progress (``num_computed_tokens``, the sampled token) is unknown, so scheduling it
+   again would feed a stale position: such requests are hidden.
+2. *Balanced micro-batches.* A policy packs every visible running request into one batch
+   (all decodes first), which would leave the next micro-batch empty once prefills are
+   done -- one micro-batch in a ``pp``-stage pipeline, ``1 - 1/pp`` of it idle. So each
+   micro-batch sees at most ``ceil(running / pp)`` running requests (the oldest not in
+   flight): the running set splits into ``pp`` groups that take turns, as vLLM's virtual
+   engines and Sarathi's uniform micro-batches do. New requests are admitted as usual.
+
+Hidden requests sit out of ``scheduler.running`` while the policy builds the batch and are
+merged back in their original order; they are neither scheduled nor preempted, so
+``max_num_seqs`` bounds the requests of each micro-batch rather than of the whole
+pipeline, as in Sarathi's pipeline-parallel scheduling. The scheduler itself is
+untouched: any policy works, and with one stage this is exactly ``scheduler.schedule(now)``.
 """
 from __future__ import annotations
 
@@ -20,10 +26,11 @@ from podserve.core.batch import ScheduledBatch
 class InFlightBatches:
     """Counts, per request id, the submitted micro-batches that have not returned yet."""
 
-    def __init__(self, track_requests: bool = True):
+    def __init__(self, num_stages: int = 2):
         self._count: dict[str, int] = {}
-        self._track = track_requests
-        """False only counts batches (one stage: a batch always returns before the next forms)."""
+        self.num_stages = num_stages
+        self._track = num_stages > 1
+        """One stage only counts batches: a batch always returns before the next forms."""
         self.num_batches = 0
         """Micro-batches submitted and not yet returned."""
 
@@ -56,18 +63,24 @@ class InFlightBatches:
                 del count[s.request_id]
 
     def schedule(self, scheduler, now: float) -> ScheduledBatch:
-        """``scheduler.schedule(now)`` over the requests not in flight."""
-        count = self._count
-        if not count:
-            return scheduler.schedule(now)
+        """``scheduler.schedule(now)`` over the running requests not in flight, at most
+        ``ceil(running / num_stages)`` of them."""
         saved = scheduler.running
-        scheduler.running = [r for r in saved if r.request_id not in count]
+        if not self._track or not saved:
+            return scheduler.schedule(now)
+        count = self._count
+        quota = -(-len(saved) // self.num_stages)
+        visible = [r for r in saved if r.request_id not in count][:quota]
+        if len(visible) == len(saved):
+            return scheduler.schedule(now)
+        shown = {id(r) for r in visible}
+        scheduler.running = visible
         try:
             return scheduler.schedule(now)
         finally:
             after = scheduler.running
             kept = {id(r) for r in after}
-            merged = [r for r in saved if r.request_id in count or id(r) in kept]
+            merged = [r for r in saved if id(r) not in shown or id(r) in kept]
             before = {id(r) for r in saved}
             merged += [r for r in after if id(r) not in before]  # admitted this iteration, newest last
             scheduler.running = merged

@@ -44,7 +44,7 @@ class Engine:
         self.num_stages = parallel.pipeline_parallel_size
         self.pipeline_stats: PipelineStats | None = PipelineStats(self.num_stages) if parallel.is_distributed else None
         """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
-        self._inflight = InFlightBatches()
+        self._inflight = InFlightBatches(self.num_stages)
         self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
         cache = self.config.cache
         if cache.kv_layout == "virtual":

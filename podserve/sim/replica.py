@@ -29,7 +29,7 @@ class Replica:
         self.pp = pp
         self.stage_free = [0.0] * pp
         """Virtual time at which each pipeline stage finishes its current micro-batch."""
-        self.inflight = InFlightBatches(track_requests=pp > 1)
+        self.inflight = InFlightBatches(pp)
         """Micro-batches between stage 0 and the end of the last stage."""
 
     @property

@@ -19,7 +19,7 @@ def test_in_flight_requests_are_never_scheduled_again(policy):
                            BlockManager(256, 16))
     for i in range(6):
         sched.add_request(make_request(i, 0.0, 20 + 7 * i, 5))
-    inflight, pending, now = InFlightBatches(), [], 0.0
+    inflight, pending, now = InFlightBatches(3), [], 0.0
     steps = 0
     while sched.has_unfinished() or pending:
         while len(pending) < 3:  # three stages
@@ -40,6 +40,27 @@ def test_in_flight_requests_are_never_scheduled_again(policy):
         assert steps < 500
     assert len(inflight) == 0 and not sched.running
     # Hidden requests kept their place: all requests finished with exactly 5 tokens.
+
+
+def test_running_requests_split_evenly_over_the_micro_batches():
+    # Greedy packing would put all 8 decodes in one micro-batch and leave the other stage idle.
+    sched = make_scheduler(SchedulerConfig(chunk_size=512, max_num_seqs=16, max_model_len=256), BlockManager(256, 16))
+    for i in range(8):
+        sched.add_request(make_request(i, 0.0, 4, 30))
+    inflight, pending, sizes = InFlightBatches(2), [], []
+    while sched.has_unfinished() or pending:
+        while len(pending) < 2:
+            batch = inflight.schedule(sched, 0.0)
+            if batch.is_empty:
+                break
+            inflight.add(batch)
+            pending.append(batch)
+            sizes.append((batch.num_decodes, batch.num_prefills))
+        batch = pending.pop(0)
+        inflight.remove(batch)
+        sched.update(batch, ExecutorOutput([7 if s.do_sample else None for s in batch.seqs]), 0.0)
+    decode_only = [d for d, p in sizes if p == 0]
+    assert len(decode_only) > 40 and set(decode_only) == {4}
 
 
 def test_bubble_fraction_of_a_hand_computed_timeline():
