@@ -8,7 +8,8 @@ Three parts, each optional (--parts), on a random-weight preset (Llama-3-8B shap
 - throughput: output tokens/s of TP=1 and TP=--tp on a decode-heavy workload (fixed
   --decode-prompt-tokens prompts, --decode-output-tokens outputs);
 - bubbles: PP=--pp on the arxiv trace, per scheduler (--schedulers): pipeline bubble fraction
-  (1 - stage busy time / (stages x time with work in flight)) and throughput.
+  (1 - stage busy time / (stages x time with work in flight)) and throughput; requests all
+  at t=0 (--arrival static) or Poisson at --qps.
 
 Writes JSON to --out (default $OUT/parallel.json; rewritten after every run, so a cut-off
 run keeps what it measured) and prints a compact table last. Runs on CPU with gloo too:
@@ -41,6 +42,7 @@ def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cac
 def build(config):
     from podserve.engine.engine import Engine
 
+    _free_memory()  # a previous in-process (tp=1) engine must not count against the next one's KV
     t0 = time.perf_counter()
     engine = Engine(config)
     return engine, time.perf_counter() - t0
@@ -48,7 +50,10 @@ def build(config):
 
 def release(engine) -> None:
     engine.close()
-    del engine
+    _free_memory()
+
+
+def _free_memory() -> None:
     gc.collect()
     try:
         import torch
@@ -83,7 +88,7 @@ def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
 
 
 def part_tokens(args, record) -> None:
-    from podserve.bench.workloads import WorkloadRequest, prompt_token_ids
+    from podserve.bench.workloads import WorkloadRequest
 
     shape = [WorkloadRequest(0.0, 16 + 37 * i, args.check_tokens) for i in range(args.check_prompts)]
     layouts = [(1, 1)] + [c for c in ((args.tp, 1), (1, args.pp)) if c != (1, 1)]
@@ -92,14 +97,7 @@ def part_tokens(args, record) -> None:
         label = f"tokens tp{tp} pp{pp} {args.check_dtype}"
         try:
             config = engine_config(args, tp=tp, pp=pp, dtype=args.check_dtype, kv_cache_memory=args.check_kv_bytes)
-            engine, startup = build(config)
-            try:
-                prompts = prompt_token_ids(shape, engine.model_config.vocab_size, 0)
-                t0 = time.perf_counter()
-                tokens = greedy_tokens(engine, prompts, args.check_tokens)
-                wall = time.perf_counter() - t0
-            finally:
-                release(engine)
+            tokens, startup, wall = _tokens_of(config, shape, args.check_tokens)
             r = {"part": "tokens", "tp": tp, "pp": pp, "dtype": args.check_dtype, "startup_s": startup, "wall_s": wall}
             if reference is None:
                 reference = tokens
@@ -108,6 +106,20 @@ def part_tokens(args, record) -> None:
         except Exception as e:
             r = {"part": "tokens", "tp": tp, "pp": pp, "error": _error(e)}
         record(label, r)
+
+
+def _tokens_of(config, shape, max_tokens: int):
+    """(greedy tokens, startup s, generation s) of a fresh engine, released on return."""
+    from podserve.bench.workloads import prompt_token_ids
+
+    engine, startup = build(config)
+    try:
+        prompts = prompt_token_ids(shape, engine.model_config.vocab_size, 0)
+        t0 = time.perf_counter()
+        tokens = greedy_tokens(engine, prompts, max_tokens)
+        return tokens, startup, time.perf_counter() - t0
+    finally:
+        release(engine)
 
 
 def run_workload_result(args, config, workload, part: str) -> dict:
@@ -156,7 +168,7 @@ def part_bubbles(args, record) -> None:
     from podserve.bench.workloads import WorkloadConfig, generate
 
     workload = generate(WorkloadConfig(
-        num_requests=args.num_requests, lengths="trace", trace=args.trace, arrival="static",
+        num_requests=args.num_requests, lengths="trace", trace=args.trace, arrival=args.arrival, qps=args.qps,
         max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
         length_scale=args.length_scale, seed=0))
     for scheduler in args.schedulers.split(","):
@@ -220,6 +232,9 @@ def main():
     ap.add_argument("--trace", default="arxiv")
     ap.add_argument("--schedulers", default="sarathi,vllm")
     ap.add_argument("--num-requests", type=int, default=128)
+    ap.add_argument("--arrival", default="static", choices=["static", "poisson"],
+                    help="bubbles part: all requests at t=0, or Poisson arrivals at --qps (prefills then interleave with decodes)")
+    ap.add_argument("--qps", type=float, default=4.0)
     ap.add_argument("--max-prompt-tokens", type=int, default=7168)
     ap.add_argument("--max-output-tokens", type=int, default=512)
     ap.add_argument("--length-scale", type=float, default=1.0)

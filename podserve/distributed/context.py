@@ -79,8 +79,12 @@ def init_distributed(ctx: RankContext, backend: str, port: int, timeout_s: float
         kwargs["device_id"] = ctx.device
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=ctx.rank,
                             world_size=ctx.world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
+    if ctx.tp == 1:
+        return  # no tensor-parallel collectives
+    if ctx.pp == 1:
+        ctx.tp_group = dist.group.WORLD
+        return
     for stage in range(ctx.pp):
-        ranks = [rank_of(t, stage, ctx.tp) for t in range(ctx.tp)]
-        group = dist.new_group(ranks) if ctx.pp > 1 else dist.group.WORLD
+        group = dist.new_group([rank_of(t, stage, ctx.tp) for t in range(ctx.tp)])
         if stage == ctx.pp_rank:
             ctx.tp_group = group
