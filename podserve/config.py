@@ -80,8 +80,10 @@ class ParallelConfig:
     distributed_backend: str = "auto"
     """torch.distributed backend: "gloo", "nccl", or "auto" (nccl on CUDA, gloo on CPU)."""
     worker_timeout_s: float = 300.0
-    """Seconds a worker may take to start, or to answer one step, before the engine gives
-    up and reports it (also the timeout of the workers' collectives)."""
+    """Seconds a worker may take to answer one step before the engine gives up and reports it."""
+    worker_start_timeout_s: float = 900.0
+    """Seconds a worker may take to start (import, rendezvous, load its weights). The
+    workers' collectives time out after the larger of the two."""
     worker_threads: int | None = None
     """CPU threads per worker (torch intra-op); None = the machine's cores shared evenly."""
 
@@ -92,8 +94,9 @@ class ParallelConfig:
                 raise ValueError(f"ParallelConfig.{name}={value!r} is invalid: expected an integer >= 1")
         if self.distributed_backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"ParallelConfig.distributed_backend={self.distributed_backend!r} is invalid: choose auto, gloo or nccl")
-        if not self.worker_timeout_s > 0:
-            raise ValueError(f"ParallelConfig.worker_timeout_s={self.worker_timeout_s!r} is invalid: expected seconds > 0")
+        for name in ("worker_timeout_s", "worker_start_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ParallelConfig.{name}={getattr(self, name)!r} is invalid: expected seconds > 0")
 
     @property
     def world_size(self) -> int:

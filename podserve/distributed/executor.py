@@ -66,7 +66,7 @@ class DistributedExecutor:
                     self.procs.append(proc)
                     self.conns.append(conn)
                     conn.send((config, args, port))
-            infos = [self._recv(rank, "ready") for rank in range(len(self.procs))]
+            infos = [self._recv(rank, "ready", par.worker_start_timeout_s) for rank in range(len(self.procs))]
         except BaseException:
             self.close()
             raise
@@ -111,18 +111,19 @@ class DistributedExecutor:
         return self.collect()
 
     # --- failure handling ----------------------------------------------------------------------
-    def _recv(self, rank: int, kind: str):
+    def _recv(self, rank: int, kind: str, timeout_s: float | None = None):
         """The next message of worker ``rank``; any worker's death ends the wait within
         a fraction of a second (a worker that fails reports its traceback, then exits)."""
         conn = self.conns[rank]
-        deadline = time.monotonic() + self.timeout_s
+        timeout_s = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout_s
         while not conn.poll(0.2):
             for other, proc in enumerate(self.procs):
                 if proc.poll() is not None and not (other == rank and conn.poll()):
                     self._fail(self._death_note(other))
             if time.monotonic() > deadline:
-                self._fail(f"worker rank {rank} sent no {kind!r} within {self.timeout_s:.0f}s "
-                           "(ParallelConfig.worker_timeout_s)")
+                field = "worker_start_timeout_s" if kind == "ready" else "worker_timeout_s"
+                self._fail(f"worker rank {rank} sent no {kind!r} within {timeout_s:.0f}s (ParallelConfig.{field})")
         try:
             message = conn.recv()
         except (EOFError, OSError):

@@ -92,7 +92,7 @@ def _build(config, ctx_args: dict, port: int):
     device = torch.device(ctx_args["device"])
     ctx = RankContext(rank=ctx_args["rank"], tp_rank=ctx_args["tp_rank"], pp_rank=ctx_args["pp_rank"],
                       tp=par.tensor_parallel_size, pp=par.pipeline_parallel_size, partition=part, device=device)
-    init_distributed(ctx, ctx_args["backend"], port, par.worker_timeout_s)
+    init_distributed(ctx, ctx_args["backend"], port, max(par.worker_timeout_s, par.worker_start_timeout_s))
     shard = part.shard_config(model_config, ctx.tp_rank, ctx.pp_rank)
     weights = rank_weights(resolve_weights(config.model, model_config), model_config, part,
                            ctx.tp_rank, ctx.pp_rank, config.seed, device)
