@@ -13,7 +13,7 @@ import pytest
 
 from podserve import LLM
 from podserve.distributed.executor import WorkerError
-from tests.distributed.conftest import ENGINE, GREEDY, assert_gone
+from tests.distributed.parallel_helpers import ENGINE, GREEDY, assert_gone
 
 
 def _children() -> set[int]:

@@ -3,7 +3,7 @@ together, the same greedy tokens as one stage, and a measured bubble fraction.""
 from __future__ import annotations
 
 from podserve import LLM
-from tests.distributed.conftest import ENGINE, GREEDY, PROMPTS, assert_gone, generate_tokens
+from tests.distributed.parallel_helpers import ENGINE, GREEDY, PROMPTS, assert_gone, generate_tokens
 
 
 def test_pp2_pipelines_micro_batches_and_matches_pp1(tiny_llama_dir, reference_tokens):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from podserve import LLM
-from tests.distributed.conftest import ENGINE, assert_gone, generate_tokens
+from tests.distributed.parallel_helpers import ENGINE, assert_gone, generate_tokens
 
 
 def test_tp2_matches_tp1_and_leaves_no_process(tiny_llama_dir, reference_tokens):
