@@ -51,6 +51,9 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
     prompts = prompt_token_ids(workload, engine.model_config.vocab_size, seed)
     collector = MetricsCollector()
     engine.iteration_listeners.append(collector.on_iteration)
+    stages = getattr(engine, "pipeline_stats", None)  # tensor/pipeline-parallel engines
+    if stages is not None:
+        stages.reset()
     bar = _progress_bar(len(workload), desc) if progress else None
     requests: list[Request] = []
     stopped = None
@@ -80,6 +83,8 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    if stages is not None:
+        collector.pipeline = stages.summary()
     for r in requests:
         collector.on_request_finished(r)
     return BenchRun(collector, wall, len(workload), stopped, num_clipped)

@@ -81,3 +81,6 @@ class ExecutorOutput:
     """Aligned with ``ScheduledBatch.seqs``; None where the sequence did not sample."""
     duration: float = 0.0
     """Seconds the iteration took (measured by the engine, predicted by the simulator)."""
+    stage_spans: list[tuple[float, float]] | None = None
+    """Under pipeline (or tensor) parallelism: each stage's busy (start, end) for this batch,
+    on the engine's perf_counter clock; None on a single device."""

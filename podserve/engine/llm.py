@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 from podserve.engine.engine import Engine
 from podserve.engine.outputs import RequestOutput
 from podserve.request import SamplingParams
@@ -23,6 +23,8 @@ class LLM:
         block_size: tokens per KV block. max_model_len: context cap. attention: backend.
         kv_layout: "paged" or "virtual" (contiguous KV per request, pages mapped on demand).
         decode_maximal: original Sarathi (one prefill chunk per iteration).
+        tensor_parallel_size, pipeline_parallel_size: ranks per layer and pipeline stages;
+        above 1 the model runs in worker processes (``close()`` or ``with LLM(...)`` stops them).
     """
 
     def __init__(
@@ -43,6 +45,8 @@ class LLM:
         decode_maximal: bool = False,
         seed: int = 0,
         kv_layout: str = "paged",
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ):
         config = EngineConfig(
             model=model,
@@ -59,6 +63,7 @@ class LLM:
                 decode_maximal=decode_maximal,
             ),
             cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks, kv_layout=kv_layout),
+            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size),
         )
         self.engine = Engine(config)
 
@@ -68,6 +73,16 @@ class LLM:
         llm = cls.__new__(cls)
         llm.engine = Engine(config)
         return llm
+
+    def close(self) -> None:
+        """Stop the engine's worker processes, if any (idempotent)."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def get_tokenizer(self):
         return self.engine.tokenizer

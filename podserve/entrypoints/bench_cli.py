@@ -119,8 +119,8 @@ def cmd_bench(args) -> int:
         run_http_bench(args.http, wcfg, out, api_key=args.api_key)
         return 0
     config = engine_config_from_args(args)
-    engine = Engine(config)
-    run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy)
+    with Engine(config) as engine:  # closing stops tensor/pipeline-parallel workers
+        run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy)
     summary = run.collector.summary()
     header = {**_header(args, engine.config), "workload": asdict(wcfg), "wall_s": run.wall_s, "num_clipped": run.num_clipped}
     run.collector.write_json(out / "results.json", extra=header)
@@ -196,6 +196,7 @@ def cmd_capacity(args) -> int:
         results[policy] = result
         collectors[f"{policy} @ {last['qps']:.3g} QPS"] = last["run"].collector
         print(f"[{policy}] capacity: {result.capacity_qps:.3f} QPS (bracket {result.bracket}, tolerance {result.tolerance:.0%})", flush=True)
+        engine.close()  # free the devices of parallel workers before the next policy's engine
         del engine
     data = {**header, "workload": asdict(_workload_config(args, arrival="poisson")),
             "calibrations": calibrations, "results": {p: r.to_json() for p, r in results.items()}}

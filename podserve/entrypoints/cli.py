@@ -37,11 +37,11 @@ def _build_llm(args):
 
 def cmd_generate(args) -> int:
     params = _sampling_params(args)
-    llm = _build_llm(args)
-    if args.chat:
-        outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompts], params, use_tqdm=len(args.prompts) > 8)
-    else:
-        outs = llm.generate(args.prompts, params, use_tqdm=len(args.prompts) > 8)
+    with _build_llm(args) as llm:  # stops tensor/pipeline-parallel workers on the way out
+        if args.chat:
+            outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompts], params, use_tqdm=len(args.prompts) > 8)
+        else:
+            outs = llm.generate(args.prompts, params, use_tqdm=len(args.prompts) > 8)
     for prompt, out in zip(args.prompts, outs):
         if len(args.prompts) > 1:
             print(f"### {prompt}")
@@ -51,7 +51,11 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     params = _sampling_params(args)
-    llm = _build_llm(args)
+    with _build_llm(args) as llm:
+        return _chat_loop(args, llm, params)
+
+
+def _chat_loop(args, llm, params) -> int:
     history: list[dict] = []
     if args.system:
         history.append({"role": "system", "content": args.system})

@@ -31,7 +31,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Owns the model weights, the physical KV pool, the attention backend and the sampler."""
 
-    def __init__(self, config: EngineConfig, model_config: LlamaConfig, weights, max_model_len: int):
+    def __init__(self, config: EngineConfig, model_config: LlamaConfig, weights, max_model_len: int,
+                 model_hook=None):
+        """``model_hook(model)``, if given, runs once the weights are loaded and before anything
+        else uses the model: tensor/pipeline-parallel workers install their wrappers there."""
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -50,6 +53,8 @@ class ModelRunner:
             model.init_random(config.seed)
         else:
             model.load_weights(weights())
+        if model_hook is not None:
+            model_hook(model)
         self.model = model.eval()
         self.backend = make_backend(config.attention)
         if config.cache.kv_layout == "virtual":

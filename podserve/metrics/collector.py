@@ -23,6 +23,9 @@ class MetricsCollector:
     def __init__(self):
         self.requests: list[RequestMetrics] = []
         self.iterations: list[IterationRecord] = []
+        self.pipeline: dict | None = None
+        """``PipelineStats.summary()`` of the run (tensor/pipeline-parallel engines): per-stage
+        busy time and the bubble fraction; reported as ``summary()["pipeline"]``."""
 
     # --- feeding -----------------------------------------------------------------------
     def on_iteration(self, batch: ScheduledBatch, start: float, end: float) -> None:
@@ -63,6 +66,8 @@ class MetricsCollector:
             out["throughput_output_tokens_per_s"] = sum(r.num_output_tokens for r in done) / span
             out["throughput_total_tokens_per_s"] = sum(r.num_output_tokens + r.num_prompt_tokens for r in done) / span
         out["iterations"] = self.iteration_summary()
+        if self.pipeline is not None:
+            out["pipeline"] = self.pipeline
         return out
 
     def iteration_summary(self) -> dict:
