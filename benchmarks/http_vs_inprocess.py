@@ -98,11 +98,15 @@ def server_cpu(pid: int) -> tuple[float, float]:
     event loop on the main thread, whose Linux thread id is the process id; the engine thread
     and torch's worker threads are the rest."""
     loop = other = 0.0
-    for t in psutil.Process(pid).threads():
+    proc = psutil.Process(pid)
+    for t in proc.threads():
         if t.id == pid:
             loop += t.user_time + t.system_time
         else:
             other += t.user_time + t.system_time
+    for child in proc.children(recursive=True):  # the engine process (serve's default)
+        times = child.cpu_times()
+        other += times.user + times.system
     return loop, other
 
 
@@ -112,10 +116,10 @@ def make_specs(num_requests: int, prompt_tokens: int, max_tokens: int, vocab_siz
             for _ in range(num_requests)]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, extra_args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "podserve.entrypoints.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+                             "--log-level", "warning", *extra_args], cwd=REPO_ROOT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -138,9 +142,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="HTTP/in-process pairs per concurrency (alternating order)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--json", type=Path, default=None, help="also write every run's summary here")
+    p.add_argument("--server-args", default="", help="extra 'podserve serve' flags, e.g. '--no-engine-process'")
     args = p.parse_args(argv)
 
-    server = start_server(args.port)
+    server = start_server(args.port, args.server_args.split())
     base_url = f"http://127.0.0.1:{args.port}"
     try:
         engine = Engine(EngineConfig())

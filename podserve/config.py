@@ -67,6 +67,49 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor and pipeline parallelism: ``tensor_parallel_size x pipeline_parallel_size``
+    worker processes (one per rank) that the engine starts; the scheduler runs once, in the
+    engine's process. See docs/parallel.md."""
+
+    tensor_parallel_size: int = 1
+    """Ranks each layer is split over (column/row-parallel linears, vocab-parallel
+    embedding and head, KV heads split or replicated); must divide the attention heads."""
+    pipeline_parallel_size: int = 1
+    """Stages the layers are split over; up to this many micro-batches are in flight."""
+    distributed_backend: str = "auto"
+    """torch.distributed backend: "gloo", "nccl", or "auto" (nccl on CUDA, gloo on CPU)."""
+    worker_timeout_s: float = 300.0
+    """Seconds a worker may take to answer one step before the engine gives up and reports it."""
+    worker_start_timeout_s: float = 900.0
+    """Seconds a worker may take to start (import, rendezvous, load its weights). The
+    workers' collectives time out after the larger of the two."""
+    worker_threads: int | None = None
+    """CPU threads per worker (torch intra-op); None = the machine's cores shared evenly."""
+
+    def __post_init__(self):
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ParallelConfig.{name}={value!r} is invalid: expected an integer >= 1")
+        if self.distributed_backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"ParallelConfig.distributed_backend={self.distributed_backend!r} is invalid: choose auto, gloo or nccl")
+        for name in ("worker_timeout_s", "worker_start_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ParallelConfig.{name}={getattr(self, name)!r} is invalid: expected seconds > 0")
+
+    @property
+    def world_size(self) -> int:
+        """Worker processes in all: tp x pp."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def is_distributed(self) -> bool:
+        """More than one rank: the model runs in worker processes."""
+        return self.world_size > 1
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything needed to build an Engine."""
 
@@ -87,3 +130,4 @@ class EngineConfig:
     pod backends, for decode-only iterations); vLLM's flag name."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -24,6 +24,11 @@ def format_summary(summary: dict, title: str = "") -> str:
     its = summary["iterations"]
     kinds = ", ".join(f"{k} {d['count']} (mean {_ms(d['mean'])} ms)" for k, d in its["duration_by_kind"].items())
     lines.append(f"iterations {its['count']}: {kinds}")
+    pipe = summary.get("pipeline")
+    if pipe and pipe.get("bubble_fraction") is not None:
+        util = ", ".join(f"{u:.0%}" for u in pipe["stage_utilization"])
+        lines.append(f"pipeline {pipe['num_stages']} stage(s), {pipe['num_micro_batches']} micro-batches: "
+                     f"bubble fraction {pipe['bubble_fraction']:.1%} (stage utilization {util})")
     return "\n".join(lines)
 
 

@@ -58,6 +58,9 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
         collector.on_iteration(batch, start, end, getattr(output, "timing", None))
 
     engine.iteration_listeners.append(listener)
+    stages = getattr(engine, "pipeline_stats", None)  # tensor/pipeline-parallel engines
+    if stages is not None:
+        stages.reset()
     bar = _progress_bar(len(workload), desc) if progress else None
     requests: list[Request] = []
     stopped = None
@@ -91,6 +94,8 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
     flush = getattr(getattr(engine, "runner", None), "flush_timings", None)
     if flush is not None:
         flush()  # device times of the last steps
+    if stages is not None:
+        collector.pipeline = stages.summary()
     for r in requests:
         collector.on_request_finished(r)
     return BenchRun(collector, wall, len(workload), stopped, num_clipped)

@@ -97,3 +97,6 @@ class ExecutorOutput:
     """Seconds the iteration took (measured by the engine, predicted by the simulator)."""
     timing: IterationTiming | None = None
     """Host and device time of the iteration, when the executor measures them."""
+    stage_spans: list[tuple[float, float]] | None = None
+    """Under pipeline (or tensor) parallelism: each stage's busy (start, end) for this batch,
+    on the engine's perf_counter clock; None on a single device."""

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import replace
 
 from podserve.config import EngineConfig
+from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler import make_scheduler
 from podserve.engine.detokenizer import IncrementalDetokenizer
 from podserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from podserve.executor.model_runner import ModelRunner
+from podserve.metrics.pipeline import PipelineStats
 from podserve.model.loader import resolve_model
 from podserve.request import Request, RequestStatus, SamplingParams
 
@@ -30,7 +33,19 @@ class Engine:
             max_len = min(max_len, CPU_MAX_MODEL_LEN)
         self.max_model_len = max_len
         self.config = replace(config, scheduler=replace(config.scheduler, max_model_len=max_len))
-        self.runner = ModelRunner(self.config, source.config, source.weights, max_len)
+        parallel = self.config.parallel
+        if parallel.is_distributed:
+            # One worker process per rank; the scheduler stays here (docs/parallel.md).
+            from podserve.distributed.executor import DistributedExecutor
+
+            self.runner = DistributedExecutor(self.config, source.config, max_len)
+        else:
+            self.runner = ModelRunner(self.config, source.config, source.weights, max_len)
+        self.num_stages = parallel.pipeline_parallel_size
+        self.pipeline_stats: PipelineStats | None = PipelineStats(self.num_stages) if parallel.is_distributed else None
+        """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
+        self._inflight = InFlightBatches(self.num_stages)
+        self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
         cache = self.config.cache
         if cache.kv_layout == "virtual":
             # Slots and physical pages; the pool applies the manager's map/unmap plan each step.
@@ -87,21 +102,60 @@ class Engine:
         self._prompts.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._pending)
+
+    def close(self) -> None:
+        """Stop the worker processes of a tensor/pipeline-parallel engine (idempotent)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
+        if self.num_stages > 1:
+            return self._step_pipelined()
         start = time.perf_counter()
         batch = self.scheduler.schedule(start)
         if batch.is_empty:
             return []
         output = self.runner.execute(batch)
-        now = time.perf_counter()
-        if output.timing is not None and output.timing.enqueued_at is not None:
-            output.timing.cpu_s = output.timing.enqueued_at - start  # scheduling included
+        return self._apply(batch, output, start, time.perf_counter())
+
+    def _step_pipelined(self) -> list[RequestOutput]:
+        """Pipeline parallelism: keep up to ``num_stages`` micro-batches in flight, then
+        apply the oldest when its tokens return. Requests of in-flight micro-batches are
+        hidden from the scheduler (``InFlightBatches``), so none is scheduled twice."""
+        while len(self._pending) < self.num_stages:
+            start = time.perf_counter()
+            batch = self._inflight.schedule(self.scheduler, start)
+            if batch.is_empty:
+                break
+            self._inflight.add(batch)
+            self.runner.submit(batch)
+            self._pending.append((batch, start))
+        if not self._pending:
+            return []
+        batch, start = self._pending.popleft()
+        output = self.runner.collect()
+        self._inflight.remove(batch)
+        return self._apply(batch, output, start, time.perf_counter())
+
+    def _apply(self, batch, output, start: float, now: float) -> list[RequestOutput]:
+        """Update the scheduler with an executed batch; detokenize; build the outputs."""
+        timing = getattr(output, "timing", None)
+        if timing is not None and timing.enqueued_at is not None:
+            timing.cpu_s = timing.enqueued_at - start  # scheduling included
         self.last_output = output
         updates = self.scheduler.update(batch, output, now)
+        if self.pipeline_stats is not None and output.stage_spans is not None:
+            self.pipeline_stats.on_micro_batch(start, now, output.stage_spans)
         for listener in self.iteration_listeners:
             listener(batch, start, now)
         results = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 from podserve.engine.engine import Engine
 from podserve.engine.outputs import RequestOutput
 from podserve.request import SamplingParams
@@ -25,6 +25,8 @@ class LLM:
         decode_maximal: original Sarathi (one prefill chunk per iteration).
         gpu_memory_utilization: fraction of GPU memory for weights, activations and KV.
         enforce_eager: no CUDA graphs for decode iterations (they are on by default on CUDA).
+        tensor_parallel_size, pipeline_parallel_size: ranks per layer and pipeline stages;
+        above 1 the model runs in worker processes (``close()`` or ``with LLM(...)`` stops them).
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class LLM:
         kv_layout: str = "paged",
         gpu_memory_utilization: float = 0.9,
         enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ):
         config = EngineConfig(
             model=model,
@@ -65,6 +69,7 @@ class LLM:
             ),
             cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks,
                               kv_layout=kv_layout, gpu_memory_utilization=gpu_memory_utilization),
+            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size),
         )
         self.engine = Engine(config)
 
@@ -74,6 +79,16 @@ class LLM:
         llm = cls.__new__(cls)
         llm.engine = Engine(config)
         return llm
+
+    def close(self) -> None:
+        """Stop the engine's worker processes, if any (idempotent)."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def get_tokenizer(self):
         return self.engine.tokenizer

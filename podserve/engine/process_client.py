@@ -137,6 +137,7 @@ def _engine_main(config: EngineConfig, conn, threads: int | None) -> None:
     except (EOFError, OSError, BrokenPipeError):
         pass  # the front went away: nothing left to serve
     finally:
+        engine.close()  # parallel workers, KV pools
         conn.close()
 
 

@@ -121,14 +121,13 @@ def cmd_bench(args) -> int:
         run_http_bench(args.http, wcfg, out, api_key=args.api_key)
         return 0
     config = engine_config_from_args(args)
-    engine = Engine(config)
-    run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy,
-                       detokenize=not args.no_detokenize)
+    with Engine(config) as engine:  # closing stops tensor/pipeline-parallel workers
+        run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy,
+                           detokenize=not args.no_detokenize)
+        roofline = None if args.no_roofline else _roofline(engine, run.collector.iterations)
     summary = run.collector.summary()
     header = {**_header(args, engine.config), "workload": asdict(wcfg), "wall_s": run.wall_s, "num_clipped": run.num_clipped}
-    roofline = None
-    if not args.no_roofline:
-        roofline = _roofline(engine, run.collector.iterations)
+    if roofline is not None:
         header["roofline"] = roofline["summary"]
         _write_rows(out / "iterations_roofline.csv", roofline["iterations"])
     run.collector.write_json(out / "results.json", extra=header)
@@ -150,13 +149,19 @@ def cmd_bench(args) -> int:
 
 
 def _roofline(engine, records) -> dict:
-    """Measure the engine's device in its dtype, then rate every iteration against it."""
-    from podserve.bench.roofline import measure_device_rates, roofline_report
+    """Measure the engine's device in its dtype, then rate every iteration against it (per
+    tensor-parallel rank; under pipeline parallelism the whole model's work per iteration)."""
+    import torch
 
-    runner = engine.runner
-    rates = measure_device_rates(runner.device, runner.dtype)
-    dtype_bytes = runner.model.embed_tokens.weight.element_size()
-    return roofline_report(records, engine.model_config, rates, dtype_bytes)
+    from podserve.bench.roofline import measure_device_rates, roofline_report
+    from podserve.executor.model_runner import resolve_dtype
+
+    config = engine.config
+    device = torch.device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    rates = measure_device_rates(device, dtype)
+    tp = config.parallel.tensor_parallel_size
+    return roofline_report(records, engine.model_config, rates, dtype.itemsize, tp=tp)
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -229,6 +234,7 @@ def cmd_capacity(args) -> int:
         results[policy] = result
         collectors[f"{policy} @ {last['qps']:.3g} QPS"] = last["run"].collector
         print(f"[{policy}] capacity: {result.capacity_qps:.3f} QPS (bracket {result.bracket}, tolerance {result.tolerance:.0%})", flush=True)
+        engine.close()  # free the devices of parallel workers before the next policy's engine
         del engine
     data = {**header, "workload": asdict(_workload_config(args, arrival="poisson")),
             "calibrations": calibrations, "results": {p: r.to_json() for p, r in results.items()}}

@@ -37,11 +37,11 @@ def _build_llm(args):
 
 def cmd_generate(args) -> int:
     params = _sampling_params(args)
-    llm = _build_llm(args)
-    if args.chat:
-        outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompts], params, use_tqdm=len(args.prompts) > 8)
-    else:
-        outs = llm.generate(args.prompts, params, use_tqdm=len(args.prompts) > 8)
+    with _build_llm(args) as llm:  # stops tensor/pipeline-parallel workers on the way out
+        if args.chat:
+            outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompts], params, use_tqdm=len(args.prompts) > 8)
+        else:
+            outs = llm.generate(args.prompts, params, use_tqdm=len(args.prompts) > 8)
     for prompt, out in zip(args.prompts, outs):
         if len(args.prompts) > 1:
             print(f"### {prompt}")
@@ -51,7 +51,11 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     params = _sampling_params(args)
-    llm = _build_llm(args)
+    with _build_llm(args) as llm:
+        return _chat_loop(args, llm, params)
+
+
+def _chat_loop(args, llm, params) -> int:
     history: list[dict] = []
     if args.system:
         history.append({"role": "system", "content": args.system})
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize")
     serve.add_argument("--served-model-name", default=None, help="model name clients must use (default: the model's own)")
+    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the engine in its own process, so model steps never wait on HTTP work for "
+                            "the interpreter lock (default: on; --no-engine-process steps it on a thread here)")
     serve.add_argument("--max-queue-len", type=int, default=1024, help="most requests waiting for admission; more get 503 + Retry-After (default: 1024)")
     serve.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds in-flight requests may finish after SIGINT/SIGTERM before being aborted (default: 10)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level (default: info)")

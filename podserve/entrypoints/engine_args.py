@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 
 
 def parse_bytes(text: str) -> int:
@@ -36,6 +36,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod"], help="attention backend (default: torch reference)")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: run every iteration eagerly (graphs are captured by default on CUDA with --attention triton/pod)")
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="split every layer over N worker processes (one per GPU on CUDA); N must divide the attention heads (default: 1)")
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="split the layers over N pipeline stages, one worker process each; N must divide the layers (default: 1)")
+    g.add_argument("--distributed-backend", default="auto", choices=["auto", "gloo", "nccl"], help="torch.distributed backend of the workers; auto = nccl on CUDA, gloo on CPU (default: auto)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -61,5 +64,10 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             kv_layout=args.kv,
             page_size=args.kv_page_size,
             kv_background_map=not args.kv_sync_map,
+        ),
+        parallel=ParallelConfig(
+            tensor_parallel_size=args.tensor_parallel_size,
+            pipeline_parallel_size=args.pipeline_parallel_size,
+            distributed_backend=args.distributed_backend,
         ),
     )

@@ -50,7 +50,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Owns the model weights, the physical KV pool, the attention backend and the sampler."""
 
-    def __init__(self, config: EngineConfig, model_config: LlamaConfig, weights, max_model_len: int):
+    def __init__(self, config: EngineConfig, model_config: LlamaConfig, weights, max_model_len: int,
+                 model_hook=None):
+        """``model_hook(model)``, if given, runs once the weights are loaded and before anything
+        else uses the model: tensor/pipeline-parallel workers install their wrappers there."""
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -71,14 +74,22 @@ class ModelRunner:
             model.init_random(config.seed)
         else:
             model.load_weights(weights())
+        if model_hook is not None:
+            model_hook(model)
         self.model = model.eval()
+        self._sharded = model_hook is not None
+        """A tensor/pipeline-parallel rank: its forward runs collectives with the other ranks,
+        so no forward may run at start-up (activation profile, kernel warm-up, graph capture)
+        unless every rank runs the same one, and graphs would capture those collectives."""
         self.backend = make_backend(config.attention)
         sched = config.scheduler
         self.max_num_tokens = max(sched.token_cap, sched.max_num_seqs)
         """Most tokens one iteration can hold (the input buffers' initial size)."""
         self.startup_errors: list[str] = []
         """What failed at start-up and was worked around (a fallback was taken), if anything."""
-        self.activation_bytes = self._try(self.profile_activation_peak, "activation profile") if self._cuda else None
+        self.activation_bytes = None
+        if self._cuda and not self._sharded:
+            self.activation_bytes = self._try(self.profile_activation_peak, "activation profile")
         reserve = None
         if self.activation_bytes is not None:
             logits = sched.max_num_seqs * model_config.vocab_size * SAMPLER_BYTES_PER_LOGIT
@@ -131,7 +142,8 @@ class ModelRunner:
         """On by default on CUDA with a Triton backend; ``enforce_eager`` turns them off."""
         from podserve.executor.cuda_graphs import CAPTURABLE_BACKENDS
 
-        return self._cuda and not self.config.enforce_eager and self.config.attention in CAPTURABLE_BACKENDS
+        return (self._cuda and not self._sharded and not self.config.enforce_eager
+                and self.config.attention in CAPTURABLE_BACKENDS)
 
     # --- one step ------------------------------------------------------------------------
     def prepare(self, batch: ScheduledBatch):
@@ -189,7 +201,8 @@ class ModelRunner:
         if tokens is not None:
             for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync
                 sampled[i] = t
-            self._resolve_timings()
+        if self._pending:
+            self._resolve_timings()  # all done after a sync; otherwise those that are, no waiting
         return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - start, timing=timing)
 
     def _resolve_timings(self, wait: bool = False) -> None:

@@ -24,6 +24,9 @@ class MetricsCollector:
         self.requests: list[RequestMetrics] = []
         self._iterations: list[IterationRecord] = []
         self._pending: list[tuple[IterationRecord, object]] = []  # device time still to come
+        self.pipeline: dict | None = None
+        """``PipelineStats.summary()`` of the run (tensor/pipeline-parallel engines): per-stage
+        busy time and the bubble fraction; reported as ``summary()["pipeline"]``."""
 
     @property
     def iterations(self) -> list[IterationRecord]:
@@ -85,6 +88,8 @@ class MetricsCollector:
             out["throughput_output_tokens_per_s"] = sum(r.num_output_tokens for r in done) / span
             out["throughput_total_tokens_per_s"] = sum(r.num_output_tokens + r.num_prompt_tokens for r in done) / span
         out["iterations"] = self.iteration_summary()
+        if self.pipeline is not None:
+            out["pipeline"] = self.pipeline
         return out
 
     def iteration_summary(self) -> dict:

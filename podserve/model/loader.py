@@ -72,6 +72,18 @@ def resolve_model(spec: str | None) -> ModelSource:
     raise ModelLoadError(f"model path {path} does not exist; {_EXPECTED}")
 
 
+def resolve_weights(spec: str | None, config: LlamaConfig) -> Callable[[], WeightStream] | None:
+    """Only the weight stream of a spec that ``resolve_model`` has accepted (no tokenizer):
+    what a tensor/pipeline-parallel worker loads its shard from. None for presets."""
+    if spec in PRESET_NAMES:
+        return None
+    path = default_gguf_path() if spec is None else Path(spec).expanduser()
+    if path.is_dir():
+        return lambda: iter_hf_weights(path)
+    reader = gguf.GGUFReader(path)
+    return lambda: iter_gguf_weights(reader, config)
+
+
 def load_hf_dir(path: Path) -> ModelSource:
     """A local Hugging Face checkpoint directory (config, safetensors, tokenizer files)."""
     config = hf_config(path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from podserve.core.batch import ScheduledBatch
+from podserve.core.partition import Partition
 from podserve.sim import features as F
 from podserve.sim.predictors import FittedProfile, LinearPredictor
 from podserve.sim.roofline import LINEAR_OPS, LayerShapes
@@ -45,8 +46,7 @@ class CostModel:
         self.fitted = fitted
         self.config = model_config or _config_of(fitted.meta)
         self.tp, self.pp = tp, pp
-        if self.config.num_hidden_layers % pp:
-            raise ValueError(f"pp={pp} does not divide the model's {self.config.num_hidden_layers} layers")
+        Partition.of(self.config, 1, pp)  # pp must divide the layers (checked before the profile's collectives)
         if tp > 1 and tp not in fitted.all_reduce:
             have = ", ".join(map(str, sorted(fitted.all_reduce))) or "none"
             raise ValueError(f"tp={tp} needs an all_reduce profile for {tp} workers (profile has: {have}); "
@@ -55,7 +55,7 @@ class CostModel:
             raise ValueError(f"pp={pp} needs a send_recv profile; import a network profile into the profile directory")
         self.shapes = LayerShapes.of(self.config, tp)
         self.dtype_bytes = int(fitted.meta["dtype_bytes"])
-        self.layers_per_stage = self.config.num_hidden_layers // pp
+        self.layers_per_stage = Partition.of(self.config, tp, pp).num_layers
         self._build_scalars()
         self._token_table = np.zeros(0)
         self._lm_table = np.zeros(0)

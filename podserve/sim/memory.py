@@ -1,6 +1,7 @@
 """KV-cache capacity of a simulated replica: the BlockManager's num_blocks, as the engine sizes it."""
 from __future__ import annotations
 
+from podserve.core.partition import Partition
 from podserve.sim.roofline import weight_bytes
 
 CPU_DEFAULT_KV_BYTES = 1 << 30
@@ -9,8 +10,8 @@ CPU_DEFAULT_KV_BYTES = 1 << 30
 
 def kv_bytes_per_token(config, dtype_bytes: int, tp: int = 1, pp: int = 1) -> int:
     """KV bytes one token occupies on one rank (its layers, its KV heads)."""
-    kv_heads = max(1, config.num_key_value_heads // tp)
-    return 2 * (config.num_hidden_layers // pp) * kv_heads * config.head_dim * dtype_bytes
+    part = Partition.of(config, tp, pp)  # the engine's workers size their pools the same way
+    return 2 * part.num_layers * part.num_kv_heads * config.head_dim * dtype_bytes
 
 
 def num_kv_blocks(config, meta: dict, *, tp: int = 1, pp: int = 1, block_size: int = 16,

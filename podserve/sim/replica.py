@@ -4,12 +4,14 @@ With ``pp`` stages, up to ``pp`` micro-batches are in flight; a new one is forme
 stage 0 frees up. Requests of in-flight micro-batches are hidden from the scheduler while
 it builds the next one (their progress is not applied until their batch leaves the last
 stage), so no request is scheduled twice; this also means ``max_num_seqs`` bounds the
-requests of each micro-batch rather than of the whole pipeline, as in Sarathi's PP.
+requests of each micro-batch rather than of the whole pipeline, as in Sarathi's PP. The
+rule is ``podserve.core.inflight.InFlightBatches``, which the engine's pipeline uses too.
 """
 from __future__ import annotations
 
 from podserve.config import SchedulerConfig
 from podserve.core.batch import ScheduledBatch
+from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler import make_scheduler
 from podserve.sim.cost_model import CostModel
@@ -27,54 +29,29 @@ class Replica:
         self.pp = pp
         self.stage_free = [0.0] * pp
         """Virtual time at which each pipeline stage finishes its current micro-batch."""
-        self.num_inflight = 0
-        self._inflight_ids: dict[str, int] = {}
+        self.inflight = InFlightBatches(pp)
+        """Micro-batches between stage 0 and the end of the last stage."""
 
     @property
     def num_outstanding(self) -> int:
         """Requests queued or running here (what least-outstanding routing compares)."""
         return len(self.scheduler.requests)
 
+    @property
+    def num_inflight(self) -> int:
+        return self.inflight.num_batches
+
     def can_start(self, now: float) -> bool:
         """Stage 0 is free and the pipeline has room for another micro-batch."""
-        return self.num_inflight < self.pp and self.stage_free[0] <= now
+        return self.inflight.num_batches < self.pp and self.stage_free[0] <= now
 
     def form_batch(self, now: float) -> ScheduledBatch:
         """Ask the scheduler for the next batch (empty if nothing can run now)."""
-        if self.pp == 1 or not self._inflight_ids:
-            batch = self.scheduler.schedule(now)
-        else:
-            batch = self._schedule_hiding_inflight(now)
+        batch = self.inflight.schedule(self.scheduler, now)
         if not batch.is_empty:
-            self.num_inflight += 1
-            if self.pp > 1:
-                for s in batch.seqs:
-                    self._inflight_ids[s.request_id] = self._inflight_ids.get(s.request_id, 0) + 1
+            self.inflight.add(batch)
         return batch
 
     def batch_done(self, batch: ScheduledBatch) -> None:
         """Forget ``batch`` as in flight (call before applying its update)."""
-        self.num_inflight -= 1
-        if self.pp > 1:
-            for s in batch.seqs:
-                left = self._inflight_ids[s.request_id] - 1
-                if left:
-                    self._inflight_ids[s.request_id] = left
-                else:
-                    del self._inflight_ids[s.request_id]
-
-    def _schedule_hiding_inflight(self, now: float) -> ScheduledBatch:
-        sched = self.scheduler
-        inflight = self._inflight_ids
-        saved = sched.running
-        sched.running = [r for r in saved if r.request_id not in inflight]
-        try:
-            batch = sched.schedule(now)
-        finally:
-            after = sched.running
-            kept = {id(r) for r in after}
-            merged = [r for r in saved if r.request_id in inflight or id(r) in kept]
-            before = {id(r) for r in saved}
-            merged += [r for r in after if id(r) not in before]  # admitted this iteration, newest last
-            sched.running = merged
-        return batch
+        self.inflight.remove(batch)

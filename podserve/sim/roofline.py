@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podserve.core.partition import Partition
+
 LINEAR_OPS = ("qkv", "o", "gate_up", "down")
 """The GEMMs of one decoder layer; the LM head runs once per iteration on sampled tokens."""
 
@@ -28,10 +30,11 @@ class LayerShapes:
 
     @classmethod
     def of(cls, config, tp: int = 1) -> "LayerShapes":
+        """The shapes one rank computes, by the engine's own partition rules
+        (``podserve.core.partition``; raises ValueError when ``tp`` cannot split the model)."""
+        part = Partition.of(config, tp)
         h, hd = config.hidden_size, config.head_dim
-        q_heads = max(1, config.num_attention_heads // tp)
-        kv_heads = max(1, config.num_key_value_heads // tp)  # KV heads replicate when tp > kv heads
-        inter = -(-config.intermediate_size // tp)
+        q_heads, kv_heads, inter = part.num_heads, part.num_kv_heads, part.intermediate_size
         return cls(
             linear={
                 "qkv": (h, (q_heads + 2 * kv_heads) * hd),
@@ -39,7 +42,7 @@ class LayerShapes:
                 "gate_up": (h, 2 * inter),
                 "down": (inter, h),
             },
-            lm_head=(h, -(-config.vocab_size // tp)),
+            lm_head=(h, part.vocab_size),
             num_heads=q_heads,
             num_kv_heads=kv_heads,
             head_dim=hd,

@@ -75,6 +75,8 @@ class ServerMetrics:
             self.request_success.labels(model_name, reason)
         self.prompt_tokens.labels(model_name)
         self.generation_tokens.labels(model_name)
+        for histogram in (self.ttft, self.itl, self.e2e, self.queue_time):
+            histogram.labels(model_name)
 
     def observe(self, out: RequestOutput) -> None:
         """Account one step's output of one request (runs on the engine thread)."""

@@ -212,7 +212,13 @@ def run_server(args) -> int:
     else:
         from podserve.engine.engine import Engine
 
-        engine_client = AsyncEngine(Engine(engine_config_from_args(args)), max_queue_len=args.max_queue_len)
+        config = engine_config_from_args(args)
+        if getattr(args, "engine_process", False):
+            from podserve.engine.process_client import EngineProcessClient
+
+            engine_client = EngineProcessClient(config, max_queue_len=args.max_queue_len)
+        else:
+            engine_client = AsyncEngine(Engine(config), max_queue_len=args.max_queue_len)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(engine_client, names, api_key=args.api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -224,6 +230,6 @@ def run_server(args) -> int:
     try:
         server.run()
     finally:
-        if cluster and not server.started:  # the lifespan never ran: stop the replicas here
+        if (cluster or getattr(args, "engine_process", False)) and not server.started:  # the lifespan never ran: stop the replicas here
             engine_client.shutdown()
     return 0 if server.started else 1

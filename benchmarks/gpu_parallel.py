@@ -1,0 +1,279 @@
+"""Tensor and pipeline parallelism on GPUs (offline: every request at t=0).
+
+Three parts, each optional (--parts), on a random-weight preset (Llama-3-8B shapes by default):
+
+- tokens: greedy tokens of TP=--tp and PP=--pp against TP=1 on --check-prompts prompts, in
+  --check-dtype (float32 by default: bf16 rounding of near-flat random logits flips argmaxes
+  whatever the parallelism, so bf16 equality says little);
+- throughput: output tokens/s of TP=1 and TP=--tp on a decode-heavy workload (fixed
+  --decode-prompt-tokens prompts, --decode-output-tokens outputs);
+- bubbles: PP=--pp on the arxiv trace, per scheduler (--schedulers): pipeline bubble fraction
+  (1 - stage busy time / (stages x time with work in flight)) and throughput; requests all
+  at t=0 (--arrival static) or Poisson at --qps.
+
+Writes JSON to --out (default $OUT/parallel.json; rewritten after every run, so a cut-off
+run keeps what it measured) and prints a compact table last. Runs on CPU with gloo too:
+
+    python benchmarks/gpu_parallel.py --device cpu --model tiny-llama --smoke
+    python benchmarks/gpu_parallel.py --trace PATH/arxiv...csv      # 2 GPUs, NCCL
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+
+def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None):
+    from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
+
+    return EngineConfig(
+        model=args.model, device=args.device, dtype=dtype, attention=args.attention, max_model_len=args.max_model_len,
+        scheduler=SchedulerConfig(policy=scheduler, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs),
+        cache=CacheConfig(block_size=16, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory=kv_cache_memory),
+        parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp),
+    )
+
+
+def build(config):
+    from podserve.engine.engine import Engine
+
+    _free_memory()  # a previous in-process (tp=1) engine must not count against the next one's KV
+    t0 = time.perf_counter()
+    engine = Engine(config)
+    return engine, time.perf_counter() - t0
+
+
+def release(engine) -> None:
+    engine.close()
+    _free_memory()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def greedy_tokens(engine, prompts, max_tokens: int) -> list[list[int]]:
+    from podserve.request import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    ids = [engine.add_request(p, params).request_id for p in prompts]
+    done = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.outputs[0].token_ids
+    return [done[i] for i in ids]
+
+
+def compare(ref: list[list[int]], got: list[list[int]]) -> dict:
+    """Sequences equal, and for each, how many leading tokens agree."""
+    prefix = []
+    for a, b in zip(ref, got):
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        prefix.append(n)
+    return {"sequences_equal": sum(a == b for a, b in zip(ref, got)), "num_sequences": len(ref),
+            "equal_prefix_tokens": prefix, "tokens_per_sequence": len(ref[0]) if ref else 0}
+
+
+def part_tokens(args, record) -> None:
+    from podserve.bench.workloads import WorkloadRequest
+
+    shape = [WorkloadRequest(0.0, 16 + 37 * i, args.check_tokens) for i in range(args.check_prompts)]
+    layouts = [(1, 1)] + [c for c in ((args.tp, 1), (1, args.pp)) if c != (1, 1)]
+    reference = None
+    for tp, pp in layouts:
+        label = f"tokens tp{tp} pp{pp} {args.check_dtype}"
+        try:
+            config = engine_config(args, tp=tp, pp=pp, dtype=args.check_dtype, kv_cache_memory=args.check_kv_bytes)
+            tokens, startup, wall = _tokens_of(config, shape, args.check_tokens)
+            r = {"part": "tokens", "tp": tp, "pp": pp, "dtype": args.check_dtype, "startup_s": startup, "wall_s": wall}
+            if reference is None:
+                reference = tokens
+            else:
+                r.update(compare(reference, tokens))
+        except Exception as e:
+            r = {"part": "tokens", "tp": tp, "pp": pp, "error": _error(e)}
+        record(label, r)
+
+
+def _tokens_of(config, shape, max_tokens: int):
+    """(greedy tokens, startup s, generation s) of a fresh engine, released on return."""
+    from podserve.bench.workloads import prompt_token_ids
+
+    engine, startup = build(config)
+    try:
+        prompts = prompt_token_ids(shape, engine.model_config.vocab_size, 0)
+        t0 = time.perf_counter()
+        tokens = greedy_tokens(engine, prompts, max_tokens)
+        return tokens, startup, time.perf_counter() - t0
+    finally:
+        release(engine)
+
+
+def run_workload_result(args, config, workload, part: str) -> dict:
+    from podserve.bench.runner import run_workload
+
+    engine, startup = build(config)
+    try:
+        warm = [w.__class__(0.0, 64, 4) for w in workload[:4]]
+        run_workload(engine, warm)
+        run = run_workload(engine, workload)
+    finally:
+        kv_blocks = engine.kv.num_blocks
+        preemptions = engine.scheduler.num_preemptions
+        release(engine)
+    summary = run.collector.summary()
+    out_tokens = sum(w.num_output_tokens for w in workload)
+    par = config.parallel
+    return {
+        "part": part, "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
+        "scheduler": config.scheduler.policy, "startup_s": startup, "wall_s": run.wall_s,
+        "output_tok_s": out_tokens / run.wall_s,
+        "total_tok_s": sum(w.num_prompt_tokens + w.num_output_tokens for w in workload) / run.wall_s,
+        "num_iterations": len(run.collector.iterations), "kv_blocks": kv_blocks, "preemptions": preemptions,
+        "bubble_fraction": (summary.get("pipeline") or {}).get("bubble_fraction"),
+        "stage_utilization": (summary.get("pipeline") or {}).get("stage_utilization"),
+        "summary": summary,
+    }
+
+
+def part_throughput(args, record) -> None:
+    from podserve.bench.workloads import WorkloadConfig, generate
+
+    workload = generate(WorkloadConfig(
+        num_requests=args.decode_requests, lengths="fixed", prompt_tokens=args.decode_prompt_tokens,
+        output_tokens=args.decode_output_tokens, arrival="static", seed=0))
+    for tp in (1, args.tp):
+        label = f"throughput tp{tp} decode-heavy"
+        try:
+            r = run_workload_result(args, engine_config(args, tp=tp), workload, "throughput")
+        except Exception as e:
+            r = {"part": "throughput", "tp": tp, "pp": 1, "error": _error(e)}
+        record(label, r)
+
+
+def part_bubbles(args, record) -> None:
+    from podserve.bench.workloads import WorkloadConfig, generate
+
+    workload = generate(WorkloadConfig(
+        num_requests=args.num_requests, lengths="trace", trace=args.trace, arrival=args.arrival, qps=args.qps,
+        max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+        length_scale=args.length_scale, seed=0))
+    for scheduler in args.schedulers.split(","):
+        label = f"bubbles pp{args.pp} {scheduler}"
+        try:
+            r = run_workload_result(args, engine_config(args, pp=args.pp, scheduler=scheduler), workload, "bubbles")
+        except Exception as e:
+            r = {"part": "bubbles", "tp": 1, "pp": args.pp, "scheduler": scheduler, "error": _error(e)}
+        record(label, r)
+
+
+def _error(e: Exception) -> str:
+    return traceback.format_exc()[-3000:]
+
+
+def table(runs: list[dict]) -> str:
+    lines = [f"{'run':<34}{'out tok/s':>11}{'wall s':>9}{'start s':>9}{'bubble':>9}  notes"]
+    base = {}
+    for label, r in runs:
+        if "error" in r:
+            lines.append(f"{label:<34}  ERROR {r['error'].strip().splitlines()[-1][:90]}")
+            continue
+        note = ""
+        if r["part"] == "tokens" and "sequences_equal" in r:
+            note = f"{r['sequences_equal']}/{r['num_sequences']} sequences equal to tp1 (equal prefixes {r['equal_prefix_tokens']})"
+        if r["part"] == "throughput":
+            base.setdefault("tp1", r["output_tok_s"] if r["tp"] == 1 else None)
+            if r["tp"] != 1 and base.get("tp1"):
+                note = f"{r['output_tok_s'] / base['tp1']:.2f}x tp1"
+        if r["part"] == "bubbles" and r.get("stage_utilization"):
+            note = "stage util " + ", ".join(f"{u:.0%}" for u in r["stage_utilization"])
+        tok_s = f"{r['output_tok_s']:.0f}" if "output_tok_s" in r else "-"
+        bubble = f"{r['bubble_fraction']:.1%}" if r.get("bubble_fraction") is not None else "-"
+        lines.append(f"{label:<34}{tok_s:>11}{r['wall_s']:>9.1f}{r['startup_s']:>9.1f}{bubble:>9}  {note}")
+    bubbles = {r["scheduler"]: r["bubble_fraction"] for _, r in runs
+               if r.get("part") == "bubbles" and r.get("bubble_fraction") is not None}
+    if "sarathi" in bubbles and "vllm" in bubbles and bubbles["sarathi"] > 0:
+        lines.append(f"bubble fraction vllm / sarathi: {bubbles['vllm'] / bubbles['sarathi']:.2f}x")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--device", default="cuda", help="cuda (NCCL), or cpu (gloo) to smoke-test with a tiny preset")
+    ap.add_argument("--attention", default=None, help="attention backend (default: triton on cuda, torch on cpu)")
+    ap.add_argument("--parts", default="tokens,throughput,bubbles")
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--pp", type=int, default=2)
+    ap.add_argument("--max-model-len", type=int, default=8192)
+    ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--check-prompts", type=int, default=4)
+    ap.add_argument("--check-tokens", type=int, default=32)
+    ap.add_argument("--check-dtype", default="float32")
+    ap.add_argument("--check-kv-bytes", type=int, default=2 << 30, help="KV pool of the token-check engines (bytes per rank)")
+    ap.add_argument("--decode-requests", type=int, default=256)
+    ap.add_argument("--decode-prompt-tokens", type=int, default=128)
+    ap.add_argument("--decode-output-tokens", type=int, default=512)
+    ap.add_argument("--trace", default="arxiv")
+    ap.add_argument("--schedulers", default="sarathi,vllm")
+    ap.add_argument("--num-requests", type=int, default=128)
+    ap.add_argument("--arrival", default="static", choices=["static", "poisson"],
+                    help="bubbles part: all requests at t=0, or Poisson arrivals at --qps (prefills then interleave with decodes)")
+    ap.add_argument("--qps", type=float, default=4.0)
+    ap.add_argument("--max-prompt-tokens", type=int, default=7168)
+    ap.add_argument("--max-output-tokens", type=int, default=512)
+    ap.add_argument("--length-scale", type=float, default=1.0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check of the script itself")
+    ap.add_argument("--out", default=None, help="JSON path (default: $OUT/parallel.json, else none)")
+    args = ap.parse_args()
+    if args.attention is None:
+        args.attention = "triton" if args.device.startswith("cuda") else "torch"
+    if args.smoke:
+        args.max_model_len, args.max_num_seqs, args.chunk_size = 512, 16, 64
+        args.check_prompts, args.check_tokens, args.check_kv_bytes = 2, 6, 16 << 20
+        args.decode_requests, args.decode_prompt_tokens, args.decode_output_tokens = 8, 16, 16
+        args.num_requests, args.max_prompt_tokens, args.max_output_tokens, args.length_scale = 8, 200, 16, 0.05
+    out = args.out or (str(Path(os.environ["OUT"]) / "parallel.json") if os.environ.get("OUT") else None)
+
+    import torch
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    results = {"date": time.strftime("%Y-%m-%d"), "device": device,
+               "num_gpus": torch.cuda.device_count() if args.device.startswith("cuda") else 0,
+               "torch": torch.__version__, "args": vars(args), "runs": []}
+    runs: list[tuple[str, dict]] = []
+
+    def record(label: str, r: dict) -> None:
+        runs.append((label, r))
+        results["runs"].append({"label": label, **r})
+        print(json.dumps({"label": label, **{k: v for k, v in r.items() if k != "summary"}}, default=str), flush=True)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(results, indent=2, default=str))
+
+    parts = {"tokens": part_tokens, "throughput": part_throughput, "bubbles": part_bubbles}
+    for name in args.parts.split(","):
+        parts[name.strip()](args, record)
+    print()
+    print(table(runs))
+    if out:
+        print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
