@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 
 from podserve.core.batch import ScheduledBatch
 from podserve.request import Request
@@ -64,6 +65,9 @@ class RequestMetrics:
         return d
 
 
+_START_POS = attrgetter("start_pos")
+
+
 @dataclass
 class IterationRecord:
     """Shape and duration of one executed batch."""
@@ -106,23 +110,26 @@ class IterationRecord:
     def from_batch(cls, batch: ScheduledBatch, start: float, end: float) -> "IterationRecord":
         nd = batch.num_decodes
         seqs = batch.seqs
-        pairs, prefill_ctx = 0.0, 0
+        pairs, prefill_ctx, prefill_tokens = 0.0, 0, 0
+        sampled = nd  # a decode feeds the last known token: it always samples
         for s in seqs[nd:]:
-            q, kv = s.num_tokens, s.context_len
-            pairs += q * (kv - q) + q * (q + 1) / 2.0
-            prefill_ctx += kv
+            q = len(s.token_ids)
+            pairs += q * s.start_pos + q * (q + 1) / 2.0
+            prefill_ctx += s.start_pos + q
+            prefill_tokens += q
+            sampled += s.do_sample
         return cls(
             iteration=batch.iteration,
             start=start,
             duration=end - start,
-            num_prefill_tokens=batch.num_prefill_tokens,
-            num_decode_tokens=batch.num_decode_tokens,
-            batch_size=batch.num_seqs,
-            num_decodes=batch.num_decodes,
-            num_prefills=batch.num_prefills,
+            num_prefill_tokens=prefill_tokens,
+            num_decode_tokens=nd,
+            batch_size=len(seqs),
+            num_decodes=nd,
+            num_prefills=len(seqs) - nd,
             num_preempted=len(batch.preempted_ids),
-            num_sampled=sum(1 for s in seqs if s.do_sample),
-            decode_context_tokens=sum(s.context_len for s in seqs[:nd]),
+            num_sampled=sampled,
+            decode_context_tokens=sum(map(_START_POS, seqs[:nd])) + nd,  # a decode adds one token
             prefill_context_tokens=prefill_ctx,
             prefill_attention_pairs=pairs,
         )
