@@ -6,16 +6,18 @@ arrivals so the freed capacity is visible to the request that arrives at that in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(order=True)
-class Event:
+class Event(NamedTuple):
+    """A tuple, so the heap compares events in C; ``seq`` is unique, so ``kind`` and
+    ``payload`` are never compared."""
+
     time: float
     priority: int
     seq: int
-    kind: str = field(compare=False)
-    payload: tuple = field(compare=False, default=())
+    kind: str
+    payload: tuple = ()
 
 
 BATCH_END, STAGE_END, ARRIVAL, SCHEDULE = "batch_end", "stage_end", "arrival", "schedule"

@@ -139,6 +139,14 @@ class VirtualKVManager:
             return False
         return self.num_new_blocks(request, num_tokens) <= self.num_free_blocks
 
+    def grow(self, request: Request, num_tokens: int) -> bool:
+        """``can_grow`` then ``allocate``: True if ``request`` now holds ``num_tokens``
+        tokens, False (nothing changed) if pages or a slot are lacking."""
+        if not self.can_grow(request, num_tokens):
+            return False
+        self.allocate(request, num_tokens)
+        return True
+
     def num_requests(self) -> int:
         return len(self._slots)
 
