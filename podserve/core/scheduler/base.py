@@ -171,15 +171,17 @@ class Scheduler:
         """One token for every running request past its prefill, oldest first, while
         ``budget`` lasts; on KV shortage the newest running requests are preempted."""
         decodes: list[tuple[Request, int]] = []
-        running = RequestStatus.RUNNING
+        running, grow = RequestStatus.RUNNING, self.kv.grow
         for request in list(self.running):
             if budget == 0:
                 break
             if request.status is not running:
                 continue  # preempted earlier in this loop (every request in ``running`` is RUNNING)
-            if len(request.prompt_token_ids) + len(request.output_token_ids) - request.num_computed_tokens > 1:
+            num_computed = request.num_computed_tokens
+            if len(request.prompt_token_ids) + len(request.output_token_ids) - num_computed > 1:
                 continue  # still prefilling
-            if self._reserve_decode(request, batch):
+            # Fast path: KV for the token is at hand; else preempt until it is (or give up).
+            if grow(request, num_computed + 1) or self._reserve_decode(request, batch):
                 decodes.append((request, 1))
                 budget -= 1
         return decodes
