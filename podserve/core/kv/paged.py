@@ -36,6 +36,11 @@ class BlockManager:
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
+    @property
+    def max_request_tokens(self) -> int:
+        """Most tokens one request can ever hold: the whole cache."""
+        return self.num_blocks * self.block_size
+
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 

@@ -112,6 +112,11 @@ class VirtualKVManager:
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
+    @property
+    def max_request_tokens(self) -> int:
+        """Most tokens one request can ever hold: its slot, or every page if fewer."""
+        return min(self.max_ctx, self.num_blocks * self.block_size)
+
     def blocks_needed(self, num_tokens: int) -> int:
         """Pages that ``num_tokens`` tokens occupy."""
         return -(-num_tokens // self.tokens_per_page)

@@ -37,6 +37,9 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.iteration = 0
         self.num_preemptions = 0
+        self._max_total_tokens = min(config.max_model_len, kv.max_request_tokens + 1)
+        """A request ends by length on reaching this many tokens: the context limit, or one
+        past what the whole KV cache holds (its next decode could never run)."""
 
     # --- request lifecycle -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -106,7 +109,7 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, output: ExecutorOutput, now: float) -> list[RequestUpdate]:
         """Apply an executed batch: advance progress, append sampled tokens, finish requests."""
         updates = []
-        get_request, running, max_model_len = self.requests.get, RequestStatus.RUNNING, self.config.max_model_len
+        get_request, running, max_total_tokens = self.requests.get, RequestStatus.RUNNING, self._max_total_tokens
         for seq, token_id in zip(batch.seqs, output.sampled_token_ids):
             request = get_request(seq.request_id)
             if request is None or request.status is not running:
@@ -123,7 +126,7 @@ class Scheduler:
             if times.first_token is None:
                 times.first_token = now
             status = request.check_token_stop(token_id)
-            if status is None and len(request.prompt_token_ids) + len(output_ids) >= max_model_len:
+            if status is None and len(request.prompt_token_ids) + len(output_ids) >= max_total_tokens:
                 status = RequestStatus.FINISHED_LENGTH
             if status is not None:
                 self._finish(request, status, now)
@@ -148,6 +151,13 @@ class Scheduler:
             request.sampling_params,                         # sampling_params
             num_output,                                      # num_output_tokens
         )
+
+    def _can_admit(self, request: Request, num_tokens: int) -> bool:
+        """KV for ``num_tokens`` above the watermark; or, when no request holds KV at all, in
+        the whole cache: the watermark protects running requests from preempting each other,
+        and with none it would only keep a large (or preempted and grown) request waiting forever."""
+        kv = self.kv
+        return kv.can_admit(request, num_tokens) or (kv.num_requests() == 0 and kv.can_grow(request, num_tokens))
 
     def _admit(self, request: Request) -> None:
         """Move the head of ``waiting`` to ``running``."""
@@ -211,7 +221,7 @@ class Scheduler:
             request = self.waiting[0]
             if len(self.running) >= self.config.max_num_seqs:
                 break
-            if not self.kv.can_admit(request, request.num_tokens):
+            if not self._can_admit(request, request.num_tokens):
                 break
             self.kv.allocate(request, request.num_tokens)
             self._admit(request)
@@ -232,7 +242,7 @@ class Scheduler:
             reserve = reserve_tokens(request)
             if len(self.running) >= self.config.max_num_seqs or num_tokens > budget:
                 break
-            if not self.kv.can_admit(request, reserve):
+            if not self._can_admit(request, reserve):
                 break
             self.kv.allocate(request, reserve)
             self._admit(request)
