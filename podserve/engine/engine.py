@@ -39,12 +39,30 @@ class Engine:
         else:
             self.kv = BlockManager(self.runner.num_blocks, cache.block_size, cache.watermark)
         self.scheduler = make_scheduler(self.config.scheduler, self.kv)
+        self.token_budget = None
+        """The SLO-aware token budget (``scheduler.tbt_slo``), or None for a fixed chunk size."""
+        self.set_tbt_slo(self.config.scheduler.tbt_slo)
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids or source.config.eos_token_ids)
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
+
+    def set_tbt_slo(self, tbt_slo: float | None) -> None:
+        """Size sarathi's token budget per iteration so its predicted time (cost model of
+        ``config.profile``) stays under ``tbt_slo`` seconds; None returns to the fixed chunk size."""
+        if tbt_slo is None:
+            self.token_budget = None
+            self.scheduler.token_budget = None
+        else:
+            from podserve.sim.token_budget import SLOTokenBudget
+
+            budget = SLOTokenBudget.for_engine(self.config.profile, self.model_config, self.runner.device,
+                                               str(self.runner.dtype).removeprefix("torch."), tbt_slo)
+            budget.attach(self.scheduler)
+            self.token_budget = budget
+        self.config = replace(self.config, scheduler=replace(self.config.scheduler, tbt_slo=tbt_slo))
 
     # --- requests ------------------------------------------------------------------------
     def add_request(

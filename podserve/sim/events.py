@@ -22,5 +22,6 @@ class Event(NamedTuple):
 
 BATCH_END, STAGE_END, ARRIVAL, SCHEDULE = "batch_end", "stage_end", "arrival", "schedule"
 PRIORITY = {BATCH_END: 0, STAGE_END: 1, ARRIVAL: 2, SCHEDULE: 3}
-"""Request arrival; replica tries to form a batch; a pipeline stage finishes a micro-batch;
-a batch leaves its last stage (tokens are sampled, requests advance)."""
+"""A batch leaves its last stage (tokens are sampled, requests advance); a pipeline stage
+finishes a micro-batch; a request arrives; a replica forms its next batch (queued only when
+other events share the instant, so that it sees all of them, as the engine would)."""

@@ -21,6 +21,33 @@ class SLOTokenBudget:
         self.min_chunk = min_chunk
         """Prefill tokens allowed even when the decodes alone miss the SLO, so prefills never starve."""
 
+    @classmethod
+    def for_engine(cls, profile_dir, model_config, device: str, dtype: str, tbt_slo_s: float) -> "SLOTokenBudget":
+        """The budget the engine uses: the cost model of ``profile_dir`` (``podserve profile``
+        of the same model on the same kind of device and dtype), else a ValueError saying
+        what does not match. The simulator builds the same object from its own cost model."""
+        from dataclasses import asdict
+
+        from podserve.sim.cache import fitted_profile
+        from podserve.sim.profile_io import load_profile
+
+        if profile_dir is None:
+            raise ValueError("a TBT SLO token budget predicts iteration times from a cost model: "
+                             "pass a profile directory of this model on this device (--profile DIR, made by `podserve profile`)")
+        profile = load_profile(profile_dir)
+        meta = profile.meta
+        shape = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size")
+        mine, theirs = asdict(model_config), meta.get("model_config", {})
+        diff = [f"{k} {theirs.get(k)} vs {mine.get(k)}" for k in shape if theirs.get(k) != mine.get(k)]
+        if diff:
+            raise ValueError(f"profile {profile_dir} is of another model shape than the engine's ({', '.join(diff)}): "
+                             f"profile this model with `podserve profile`")
+        kind = str(device).split(":")[0]
+        if meta.get("device") != kind or meta.get("dtype") != dtype:
+            raise ValueError(f"profile {profile_dir} was measured on {meta.get('device')}/{meta.get('dtype')}, "
+                             f"the engine runs on {kind}/{dtype}: profile this device with `podserve profile`")
+        return cls(CostModel(fitted_profile(profile), model_config), tbt_slo_s)
+
     def attach(self, scheduler) -> None:
         """Install on a Sarathi scheduler (other policies have no token budget to adapt)."""
         if scheduler.name != "sarathi":
