@@ -46,6 +46,9 @@ class Engine:
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
+        self.clock = time.perf_counter
+        """Timestamps of arrivals, iterations and tokens (a benchmark may swap in
+        ``podserve.bench.clock.ThreadCPUClock``)."""
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
 
@@ -85,7 +88,7 @@ class Engine:
             request_id=request_id if request_id is not None else str(next(self._ids)),
             prompt_token_ids=token_ids,
             sampling_params=params,
-            arrival_time=time.perf_counter() if arrival_time is None else arrival_time,
+            arrival_time=self.clock() if arrival_time is None else arrival_time,
             eos_token_ids=self.eos_token_ids,
         )
         self.scheduler.add_request(request)
@@ -97,7 +100,7 @@ class Engine:
         """Stop a request now and free its KV blocks; unknown ids are ignored."""
         request = self.scheduler.abort_request(request_id)
         if request is not None:
-            request.times.finished = time.perf_counter()
+            request.times.finished = self.clock()
         self._detok.pop(request_id, None)
         self._prompts.pop(request_id, None)
 
@@ -107,12 +110,12 @@ class Engine:
     # --- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
-        start = time.perf_counter()
+        start = self.clock()
         batch = self.scheduler.schedule(start)
         if batch.is_empty:
             return []
         output = self.runner.execute(batch)
-        now = time.perf_counter()
+        now = self.clock()
         updates = self.scheduler.update(batch, output, now)
         for listener in self.iteration_listeners:
             listener(batch, start, now)
