@@ -39,9 +39,6 @@ class Engine:
         else:
             self.kv = BlockManager(self.runner.num_blocks, cache.block_size, cache.watermark)
         self.scheduler = make_scheduler(self.config.scheduler, self.kv)
-        self.token_budget = None
-        """The SLO-aware token budget (``scheduler.tbt_slo``), or None for a fixed chunk size."""
-        self.set_tbt_slo(self.config.scheduler.tbt_slo)
         self.eos_token_ids = tuple(self.tokenizer.eos_token_ids or source.config.eos_token_ids)
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._prompts: dict[str, str | None] = {}
@@ -51,10 +48,15 @@ class Engine:
         ``podserve.bench.clock.ThreadCPUClock``)."""
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
+        self.token_budget = None
+        """The SLO-aware token budget (``scheduler.tbt_slo``), or None for a fixed chunk size."""
+        self.set_tbt_slo(self.config.scheduler.tbt_slo)
 
     def set_tbt_slo(self, tbt_slo: float | None) -> None:
         """Size sarathi's token budget per iteration so its predicted time (cost model of
         ``config.profile``) stays under ``tbt_slo`` seconds; None returns to the fixed chunk size."""
+        if self.token_budget is not None:
+            self.iteration_listeners.remove(self._observe_iteration)
         if tbt_slo is None:
             self.token_budget = None
             self.scheduler.token_budget = None
@@ -65,7 +67,11 @@ class Engine:
                                                str(self.runner.dtype).removeprefix("torch."), tbt_slo)
             budget.attach(self.scheduler)
             self.token_budget = budget
+            self.iteration_listeners.append(self._observe_iteration)  # measured times correct its predictions
         self.config = replace(self.config, scheduler=replace(self.config.scheduler, tbt_slo=tbt_slo))
+
+    def _observe_iteration(self, batch, start: float, end: float) -> None:
+        self.token_budget.observe(batch, end - start)
 
     # --- requests ------------------------------------------------------------------------
     def add_request(
