@@ -20,7 +20,9 @@ class ScheduledSeq:
     do_sample: bool
     """This chunk reaches the end of the known tokens, so a new token is sampled."""
     block_table: list[int]
-    """Physical KV blocks of the request (paged) or its single slot (virtual)."""
+    """Physical KV blocks of the request (paged) or its single slot (virtual). The KV
+    manager's own list, not a copy: it grows in place when the request is next scheduled,
+    so read (or copy) it before then — the executor copies it into a tensor at once."""
     sampling_params: SamplingParams
     num_output_tokens: int
     """Tokens generated so far: with the seed, it fixes the sampler's random stream."""
