@@ -20,12 +20,19 @@ class SchedulerConfig:
     """Longest prompt plus generation a request may reach."""
     decode_maximal: bool = False
     """Original Sarathi: at most one prefill chunk per iteration."""
+    tbt_slo: float | None = None
+    """Sarathi: size each iteration's token budget so that its predicted time stays under
+    this many seconds (Sarathi-Serve's SLO-aware budget); ``chunk_size`` is then the cap.
+    Predictions come from a cost model: ``EngineConfig.profile`` in the engine, the
+    simulator's own in the simulator. None keeps the fixed ``chunk_size``."""
 
     def __post_init__(self):
         for name in ("chunk_size", "max_num_seqs", "max_model_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SchedulerConfig.{name}={value!r} is invalid: expected an integer >= 1")
+        if self.tbt_slo is not None and not (isinstance(self.tbt_slo, (int, float)) and self.tbt_slo > 0):
+            raise ValueError(f"SchedulerConfig.tbt_slo={self.tbt_slo!r} is invalid: expected seconds > 0 or None")
 
     @property
     def token_cap(self) -> int:
@@ -131,3 +138,6 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    profile: str | None = None
+    """Profile directory (``podserve profile``) of this model on this device: the cost model
+    that ``scheduler.tbt_slo`` predicts iteration times with. Unused without a TBT SLO."""

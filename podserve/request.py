@@ -141,22 +141,25 @@ class Request:
         return self.num_prompt_tokens + self.sampling_params.max_tokens
 
     def token_ids_from(self, start: int, count: int) -> list[int]:
-        """Tokens ``[start, start + count)`` of prompt-then-output, copying only those."""
-        n = self.num_prompt_tokens
-        if start + count <= n:
-            return self.prompt_token_ids[start:start + count]
-        if start >= n:  # a decode: no copy of the whole context
-            return self.output_token_ids[start - n:start - n + count]
-        return self.prompt_token_ids[start:] + self.output_token_ids[:start + count - n]
+        """Tokens ``start .. start + count - 1`` of prompt + output, without joining the two
+        (a decode reads only the output's tail: O(count), not O(context))."""
+        n = len(self.prompt_token_ids)
+        end = start + count
+        if end <= n:
+            return self.prompt_token_ids[start:end]
+        if start >= n:
+            return self.output_token_ids[start - n:end - n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[:end - n]
 
     def check_token_stop(self, token_id: int) -> RequestStatus | None:
         """Token-level stop after ``token_id`` was appended (stop strings are the engine's job)."""
         sp = self.sampling_params
-        if self.num_output_tokens >= sp.min_tokens:
+        num_output = len(self.output_token_ids)
+        if num_output >= sp.min_tokens:
             if not sp.ignore_eos and token_id in self.eos_token_ids:
                 return RequestStatus.FINISHED_STOPPED
             if token_id in sp.stop_token_ids:
                 return RequestStatus.FINISHED_STOPPED
-        if self.num_output_tokens >= sp.max_tokens:
+        if num_output >= sp.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None

@@ -10,8 +10,7 @@ from podserve.metrics import MetricsCollector
 from podserve.request import Request, SamplingParams
 
 StopRule = Callable[[float, list[Request]], str | None]
-"""Called after every iteration with (now on the engine's perf_counter clock, requests added
-so far);
+"""Called after every iteration with (now on the engine's clock, requests added so far);
 returns a reason to stop the run early (e.g. an SLO is already certainly missed), or None."""
 
 
@@ -48,6 +47,8 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
     the loop noticed it: time spent waiting for a running iteration counts as queueing.
     ``detokenize=False`` skips turning tokens into text (as vLLM's --disable-detokenize).
     Iteration records carry the executor's host/device time split where it measures one.
+    Times are on ``engine.clock``; a clock with ``advance_to`` (ThreadCPUClock) skips idle
+    gaps instead of sleeping through them.
     """
     workload, num_clipped = fit_to_context(sorted(workload, key=lambda r: r.arrival_time), engine.max_model_len)
     prompts = prompt_token_ids(workload, engine.model_config.vocab_size, seed)
@@ -64,10 +65,13 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
     bar = _progress_bar(len(workload), desc) if progress else None
     requests: list[Request] = []
     stopped = None
-    t0 = time.perf_counter()
+    clock = engine.clock
+    skip_idle = getattr(clock, "advance_to", None)
+    wall0 = time.perf_counter()
+    t0 = clock()
     try:
         while len(requests) < len(workload) or engine.has_unfinished_requests():
-            now = time.perf_counter() - t0
+            now = clock() - t0
             while len(requests) < len(workload) and workload[len(requests)].arrival_time <= now:
                 i = len(requests)
                 params = SamplingParams(max_tokens=workload[i].num_output_tokens, temperature=0.0, ignore_eos=True,
@@ -75,13 +79,16 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
                 requests.append(engine.add_request(prompts[i], params, request_id=f"bench-{i}",
                                                    arrival_time=t0 + workload[i].arrival_time))
             if not engine.has_unfinished_requests():
-                time.sleep(max(0.0, workload[len(requests)].arrival_time - (time.perf_counter() - t0)))
+                if skip_idle is not None:
+                    skip_idle(t0 + workload[len(requests)].arrival_time)
+                else:
+                    time.sleep(max(0.0, workload[len(requests)].arrival_time - (clock() - t0)))
                 continue
             finished = sum(out.finished for out in engine.step())
             if bar is not None and finished:
                 bar.update(finished)
             if stop_rule is not None:
-                stopped = stop_rule(time.perf_counter(), requests)
+                stopped = stop_rule(clock(), requests)
                 if stopped:
                     for r in requests:
                         engine.abort_request(r.request_id)
@@ -90,7 +97,7 @@ def run_workload(engine, workload: list[WorkloadRequest], *, seed: int = 0, prog
         engine.iteration_listeners.remove(listener)
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - wall0
     flush = getattr(getattr(engine, "runner", None), "flush_timings", None)
     if flush is not None:
         flush()  # device times of the last steps

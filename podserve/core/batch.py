@@ -20,7 +20,9 @@ class ScheduledSeq:
     do_sample: bool
     """This chunk reaches the end of the known tokens, so a new token is sampled."""
     block_table: list[int]
-    """Physical KV blocks of the request (paged) or its single slot (virtual)."""
+    """Physical KV blocks of the request (paged) or its single slot (virtual). The KV
+    manager's own list, not a copy: it grows in place when the request is next scheduled,
+    so read (or copy) it before then — the executor copies it into a tensor at once."""
     sampling_params: SamplingParams
     num_output_tokens: int
     """Tokens generated so far: with the seed, it fixes the sampler's random stream."""
@@ -77,11 +79,12 @@ class ScheduledBatch:
 class IterationTiming:
     """Where one executed iteration's time went (engine only; the simulator has none)."""
 
-    enqueued_at: float | None = None
-    """Host clock (``time.perf_counter``) when the executor had enqueued all of the
-    iteration's device work, just before it waited for the sampled tokens."""
+    enqueue_s: float | None = None
+    """Host seconds from the executor's entry until it had enqueued all of the iteration's
+    device work, just before it waited for the sampled tokens."""
     cpu_s: float | None = None
-    """Host time from the start of the engine step (scheduling included) to ``enqueued_at``."""
+    """Host seconds from the start of the engine step (scheduling included) until the work
+    was enqueued: the scheduler's time plus ``enqueue_s``."""
     gpu_s: float | None = None
     """Device time of the iteration's work (CUDA events around input copy, forward and
     sampling); None on CPU. May be filled in after the step, at the executor's next sync."""

@@ -58,10 +58,37 @@ class Engine:
         self._detok: dict[str, IncrementalDetokenizer | None] = {}  # None: detokenize=False
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
+        self.clock = time.perf_counter
+        """Timestamps of arrivals, iterations and tokens (a benchmark may swap in
+        ``podserve.bench.clock.ThreadCPUClock``)."""
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
         self.last_output = None
         """The ExecutorOutput of the latest iteration (its ``timing`` splits host and device time)."""
+        self.token_budget = None
+        """The SLO-aware token budget (``scheduler.tbt_slo``), or None for a fixed chunk size."""
+        self.set_tbt_slo(self.config.scheduler.tbt_slo)
+
+    def set_tbt_slo(self, tbt_slo: float | None) -> None:
+        """Size sarathi's token budget per iteration so its predicted time (cost model of
+        ``config.profile``) stays under ``tbt_slo`` seconds; None returns to the fixed chunk size."""
+        if self.token_budget is not None:
+            self.iteration_listeners.remove(self._observe_iteration)
+        if tbt_slo is None:
+            self.token_budget = None
+            self.scheduler.token_budget = None
+        else:
+            from podserve.sim.token_budget import SLOTokenBudget
+
+            budget = SLOTokenBudget.for_engine(self.config.profile, self.model_config, self.runner.device,
+                                               str(self.runner.dtype).removeprefix("torch."), tbt_slo)
+            budget.attach(self.scheduler)
+            self.token_budget = budget
+            self.iteration_listeners.append(self._observe_iteration)  # measured times correct its predictions
+        self.config = replace(self.config, scheduler=replace(self.config.scheduler, tbt_slo=tbt_slo))
+
+    def _observe_iteration(self, batch, start: float, end: float) -> None:
+        self.token_budget.observe(batch, end - start)
 
     # --- requests ------------------------------------------------------------------------
     def add_request(
@@ -84,7 +111,7 @@ class Engine:
             request_id=request_id if request_id is not None else str(next(self._ids)),
             prompt_token_ids=token_ids,
             sampling_params=params,
-            arrival_time=time.perf_counter() if arrival_time is None else arrival_time,
+            arrival_time=self.clock() if arrival_time is None else arrival_time,
             eos_token_ids=self.eos_token_ids,
         )
         self.scheduler.add_request(request)
@@ -97,7 +124,7 @@ class Engine:
         """Stop a request now and free its KV blocks; unknown ids are ignored."""
         request = self.scheduler.abort_request(request_id)
         if request is not None:
-            request.times.finished = time.perf_counter()
+            request.times.finished = self.clock()
         self._detok.pop(request_id, None)
         self._prompts.pop(request_id, None)
 
@@ -121,19 +148,24 @@ class Engine:
         """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
         if self.num_stages > 1:
             return self._step_pipelined()
-        start = time.perf_counter()
+        host0 = time.perf_counter()
+        start = self.clock()
         batch = self.scheduler.schedule(start)
         if batch.is_empty:
             return []
+        schedule_s = time.perf_counter() - host0
         output = self.runner.execute(batch)
-        return self._apply(batch, output, start, time.perf_counter())
+        timing = getattr(output, "timing", None)
+        if timing is not None and timing.enqueue_s is not None:
+            timing.cpu_s = schedule_s + timing.enqueue_s  # host time until the device had all the work
+        return self._apply(batch, output, start, self.clock())
 
     def _step_pipelined(self) -> list[RequestOutput]:
         """Pipeline parallelism: keep up to ``num_stages`` micro-batches in flight, then
         apply the oldest when its tokens return. Requests of in-flight micro-batches are
         hidden from the scheduler (``InFlightBatches``), so none is scheduled twice."""
         while len(self._pending) < self.num_stages:
-            start = time.perf_counter()
+            start = self.clock()
             batch = self._inflight.schedule(self.scheduler, start)
             if batch.is_empty:
                 break
@@ -145,13 +177,10 @@ class Engine:
         batch, start = self._pending.popleft()
         output = self.runner.collect()
         self._inflight.remove(batch)
-        return self._apply(batch, output, start, time.perf_counter())
+        return self._apply(batch, output, start, self.clock())
 
     def _apply(self, batch, output, start: float, now: float) -> list[RequestOutput]:
         """Update the scheduler with an executed batch; detokenize; build the outputs."""
-        timing = getattr(output, "timing", None)
-        if timing is not None and timing.enqueued_at is not None:
-            timing.cpu_s = timing.enqueued_at - start  # scheduling included
         self.last_output = output
         updates = self.scheduler.update(batch, output, now)
         if self.pipeline_stats is not None and output.stage_spans is not None:

@@ -18,7 +18,10 @@ def register(subparsers) -> None:
     add_engine_args(bench)
     _workload_args(bench, arrival=True)
     _output_args(bench)
-    bench.add_argument("--tbt-slo", type=float, default=None, help="draw this TBT SLO (s) on the CDF plot")
+    bench.add_argument("--tbt-slo", type=float, default=None,
+                       help="TBT SLO in seconds: sarathi sizes each iteration's token budget so its predicted time stays "
+                            "under it (--chunk-size is then the cap; needs --profile); drawn on the CDF plot")
+    _profile_arg(bench)
     bench.add_argument("--http", default=None, metavar="URL", help="send the workload to a running `podserve serve` at URL (OpenAI API, streaming) instead of an in-process engine")
     bench.add_argument("--api-key", default=None, help="with --http: the server's API key")
     bench.add_argument("--no-roofline", action="store_true", help="skip measuring the device's GEMM rate and copy bandwidth and the per-iteration roofline efficiency")
@@ -36,7 +39,14 @@ def register(subparsers) -> None:
     g.add_argument("--tolerance", type=float, default=0.1, help="stop when (fail - pass) / fail <= this (default: 0.1)")
     g.add_argument("--max-probes", type=int, default=10, help="most probes per scheduler (default: 10)")
     g.add_argument("--min-qps", type=float, default=0.01, help="give up below this QPS (default: 0.01)")
+    _profile_arg(cap)
     cap.set_defaults(func=cmd_capacity)
+
+
+def _profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="profile of this model on this device (`podserve profile`): with a TBT SLO, sarathi picks each "
+                        "iteration's token budget as the largest whose time, predicted from it, meets the SLO")
 
 
 def _workload_args(p: argparse.ArgumentParser, arrival: bool) -> None:
@@ -121,6 +131,8 @@ def cmd_bench(args) -> int:
         run_http_bench(args.http, wcfg, out, api_key=args.api_key)
         return 0
     config = engine_config_from_args(args)
+    if args.tbt_slo is not None and config.scheduler.policy == "sarathi":
+        config = replace(config, profile=args.profile, scheduler=replace(config.scheduler, tbt_slo=args.tbt_slo))
     with Engine(config) as engine:  # closing stops tensor/pipeline-parallel workers
         run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy,
                            detokenize=not args.no_detokenize)
@@ -204,8 +216,12 @@ def cmd_capacity(args) -> int:
         calibrations[policy] = calibration
         if slo is None:
             slo = resolved
-            header = {**_header(args, engine.config), "slo": {"tbt_s": slo.tbt_s, "delay_s": slo.delay_s, **calibration}}
             print(f"SLO: P99 TBT <= {slo.tbt_s * 1e3:.1f} ms ({calibration['tbt_slo_rule']}), P50 scheduling delay <= {slo.delay_s:.2f} s")
+        if args.profile and policy == "sarathi":
+            engine.set_tbt_slo(slo.tbt_s)  # capacity under this SLO with the SLO-aware token budget
+            print(f"[sarathi] token budget per iteration: the largest whose time predicted from {args.profile} meets the SLO")
+        if header is None:
+            header = {**_header(args, engine.config), "slo": {"tbt_s": slo.tbt_s, "delay_s": slo.delay_s, **calibration}}
         last = {}
 
         def probe(qps: float, engine=engine, policy=policy, last=last) -> Probe:

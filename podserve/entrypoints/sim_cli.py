@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     prof.add_argument("--attention", default="torch", help="attention backend to profile (default: torch)")
     prof.add_argument("--threads", type=int, default=None, help="torch CPU threads while profiling (serve with the same)")
     prof.add_argument("--quick", action="store_true", help="a small grid (CPU SmolLM2: well under a minute)")
+    prof.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                      help="cpu (with --threads 1): time in the profiling thread's CPU time, what a dedicated core would "
+                           "take on a shared machine (default: wall)")
     prof.add_argument("--output-dir", default=None, help="default: profiles/<model>-<device>-<date>")
     prof.add_argument("--import-vidur", metavar="DIR", default=None,
                       help="instead of measuring: derive a profile for --model from Vidur's CSVs in DIR "
@@ -103,7 +106,8 @@ def cmd_profile(args) -> int:
         from podserve.sim.profiler import ProfileGrid, Profiler
 
         grid = ProfileGrid.quick() if args.quick else ProfileGrid()
-        profile = Profiler(args.model, args.device, args.dtype, args.attention, grid, threads=args.threads).run()
+        profile = Profiler(args.model, args.device, args.dtype, args.attention, grid, threads=args.threads,
+                           clock=args.clock).run()
     if args.add_network:
         from podserve.sim.vidur_import import import_network
 

@@ -196,7 +196,7 @@ class ModelRunner:
         if events is not None:
             events[1].record()
             self._pending.append((timing, *events))
-        timing.enqueued_at = time.perf_counter()
+        timing.enqueue_s = time.perf_counter() - start
         sampled: list[int | None] = [None] * batch.num_seqs
         if tokens is not None:
             for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync

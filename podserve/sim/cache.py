@@ -8,7 +8,7 @@ from pathlib import Path
 from podserve.sim.predictors import FittedProfile, fit_profile
 from podserve.sim.profile_io import Profile, load_profile
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when predictors or features change: old pickles are then ignored."""
 
 

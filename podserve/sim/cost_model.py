@@ -120,6 +120,8 @@ class CostModel:
             if dec.correction is not None else None
         ovh = self.fitted.overhead
         self._ovh = (ovh.intercept, *ovh.coef) if ovh is not None else (0.0, 0.0, 0.0, 0.0)
+        fwd = getattr(self.fitted, "forward", None)
+        self._fwd = (fwd.intercept, float(fwd.coef[0])) if fwd is not None else None
 
     # --- the hot path ----------------------------------------------------------------------
     def decode_attention(self, num_decodes: int, sum_kv: int, max_kv: int) -> float:
@@ -149,7 +151,15 @@ class CostModel:
         o0, o_seq, o_tok, o_pre = self._ovh
         num_seqs = num_decodes + len(chunks)
         host = o0 + o_seq * num_seqs + o_tok * num_tokens + o_pre * len(chunks)
-        return IterationCost(host, self._token_list[num_tokens] + self.layers_per_stage * attn, self._lm_list[num_sampled])
+        stage, lm = self._token_list[num_tokens] + self.layers_per_stage * attn, self._lm_list[num_sampled]
+        if self._fwd is not None:
+            # Whole-forward calibration (measured by the profiler's engine phase), spread
+            # over stages and LM head in proportion.
+            ops = self.pp * stage + lm
+            if ops > 0.0:
+                scale = (self._fwd[0] + self._fwd[1] * ops) / ops
+                stage, lm = stage * scale, lm * scale
+        return IterationCost(host, stage, lm)
 
     def iteration_cost(self, batch: ScheduledBatch) -> IterationCost:
         """Predicted host, per-stage and last-stage times of ``batch``."""

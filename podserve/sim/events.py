@@ -6,19 +6,22 @@ arrivals so the freed capacity is visible to the request that arrives at that in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(order=True)
-class Event:
+class Event(NamedTuple):
+    """A tuple, so the heap compares events in C; ``seq`` is unique, so ``kind`` and
+    ``payload`` are never compared."""
+
     time: float
     priority: int
     seq: int
-    kind: str = field(compare=False)
-    payload: tuple = field(compare=False, default=())
+    kind: str
+    payload: tuple = ()
 
 
 BATCH_END, STAGE_END, ARRIVAL, SCHEDULE = "batch_end", "stage_end", "arrival", "schedule"
 PRIORITY = {BATCH_END: 0, STAGE_END: 1, ARRIVAL: 2, SCHEDULE: 3}
-"""Request arrival; replica tries to form a batch; a pipeline stage finishes a micro-batch;
-a batch leaves its last stage (tokens are sampled, requests advance)."""
+"""A batch leaves its last stage (tokens are sampled, requests advance); a pipeline stage
+finishes a micro-batch; a request arrives; a replica forms its next batch (queued only when
+other events share the instant, so that it sees all of them, as the engine would)."""

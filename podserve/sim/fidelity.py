@@ -5,7 +5,7 @@ P50 and P90 of TTFT, TBT and E2E, plus request throughput.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +22,8 @@ class FidelityReport:
     """One per compared number: metric, engine, simulated, relative error."""
     engine_summary: dict
     sim_summary: dict
+    variants: dict[str, "FidelityReport"] = field(default_factory=dict)
+    """The same engine run against other simulator set-ups (ablations), by name."""
 
     @property
     def median_abs_error(self) -> float:
@@ -32,6 +34,9 @@ class FidelityReport:
         for r in self.rows:
             lines.append(f"{r['metric']:<22}{r['engine']:>12.4f}{r['simulated']:>12.4f}{r['error']:>+9.1%}")
         lines.append(f"median absolute error: {self.median_abs_error:.1%}")
+        for name, v in self.variants.items():
+            errors = ", ".join(f"{r['metric'].split(' (')[0]} {r['error']:+.1%}" for r in v.rows)
+            lines.append(f"  {name}: median absolute error {v.median_abs_error:.1%} ({errors})")
         return "\n".join(lines)
 
 
@@ -47,12 +52,15 @@ def compare(engine_summary: dict, sim_summary: dict) -> FidelityReport:
     return FidelityReport(rows, engine_summary, sim_summary)
 
 
-def run_engine(engine_config: EngineConfig, workload: list[WorkloadRequest], seed: int = 0):
-    """The real engine at the workload's arrival times (podserve bench's runner)."""
+def run_engine(engine_config: EngineConfig, workload: list[WorkloadRequest], seed: int = 0, clock: str = "wall"):
+    """The real engine at the workload's arrival times (podserve bench's runner), timed
+    on ``clock`` (``podserve.bench.clock.make_clock``)."""
+    from podserve.bench.clock import make_clock
     from podserve.bench.runner import run_workload
     from podserve.engine.engine import Engine
 
     engine = Engine(engine_config)
+    engine.clock = make_clock(clock)
     return engine, run_workload(engine, workload, seed=seed)
 
 
@@ -68,23 +76,34 @@ def run_sim(fitted, engine, workload: list[WorkloadRequest]):
 
 
 def run_fidelity(model: str | None, workload: list[WorkloadRequest], *, scheduler=None, grid=None,
-                 max_model_len: int = 2048, threads: int | None = 1, profile_dir=None, progress=print) -> FidelityReport:
+                 max_model_len: int = 2048, threads: int | None = 1, profile_dir=None, progress=print,
+                 clock: str = "wall") -> FidelityReport:
     """Profile ``model`` on this CPU, run ``workload`` through the engine and the simulator,
     and compare. Uses ``threads`` torch threads for both (the profile is only valid for the
-    thread count it was measured with)."""
+    thread count it was measured with). ``clock="cpu"`` times profile and engine alike in
+    the CPU time of their one thread, idle gaps skipped: on a shared machine, what a
+    dedicated core would show (``podserve.bench.clock``). ``variants`` holds the same
+    engine run against the simulator without the whole-forward calibration."""
     from dataclasses import replace
 
     from podserve.config import CacheConfig, SchedulerConfig
     from podserve.sim.predictors import fit_profile
     from podserve.sim.profiler import ProfileGrid, Profiler
 
-    profiler = Profiler(model, grid=grid or ProfileGrid.quick(), threads=threads, max_model_len=max_model_len, progress=progress)
+    profiler = Profiler(model, grid=grid or ProfileGrid.quick(), threads=threads, max_model_len=max_model_len, progress=progress,
+                        clock=clock)
     profile = profiler.run()
     if profile_dir is not None:
         profile.save(profile_dir)
     fitted = fit_profile(profile)
     del profiler  # free its engine before building the measured one
     sched = replace(scheduler or SchedulerConfig(), max_model_len=max_model_len)
-    engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched, cache=CacheConfig()), workload)
-    sim = run_sim(fitted, engine, workload)
-    return compare(run.collector.summary(), sim.collector.summary())
+    engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched, cache=CacheConfig()),
+                             workload, clock=clock)
+    measured = run.collector.summary()
+    report = compare(measured, run_sim(fitted, engine, workload).collector.summary())
+    if fitted.forward is not None:
+        ops_only = replace(fitted, forward=None)
+        report.variants["operators only (no whole-forward calibration)"] = compare(
+            measured, run_sim(ops_only, engine, workload).collector.summary())
+    return report

@@ -67,6 +67,10 @@ class FittedProfile:
     peak_flops: float = 1.0
     peak_bw: float = 1.0
     fit_seconds: float = 0.0
+    forward: LinearPredictor | None = None
+    """Calibration of a whole forward (model + LM head) on the operators' sum:
+    ``forward = intercept + coef[0] * sum``, fitted on real engine iterations
+    (``engine_forward`` table); None when the profile has none (derived profiles)."""
 
     def errors(self) -> dict[str, dict]:
         """Cross-validated error of every operator: {name: {rows, mape, p90_ape}}."""
@@ -76,6 +80,8 @@ class FittedProfile:
         items["attention.decode"] = self.decode
         if self.overhead is not None:
             items["cpu_overhead"] = self.overhead
+        if self.forward is not None:
+            items["forward_calibration"] = self.forward
         items.update({f"all_reduce.{k}": v for k, v in self.all_reduce.items()})
         if self.send_recv is not None:
             items["send_recv"] = self.send_recv
@@ -192,5 +198,26 @@ def fit_profile(profile: Profile) -> FittedProfile:
     send_recv = fit_linear(F.collective_features(_col(sr, "size_bytes")), _col(sr, "time_s"),
                            _col(sr, "size_bytes")[:, None]) if sr else None
 
-    return FittedProfile(meta, profile.content_hash(), linear, elementwise, prefill, decode, overhead,
-                         all_reduce, send_recv, peak_flops, peak_bw, time.perf_counter() - t0)
+    fitted = FittedProfile(meta, profile.content_hash(), linear, elementwise, prefill, decode, overhead,
+                           all_reduce, send_recv, peak_flops, peak_bw)
+    fitted.forward = _fit_forward(fitted, profile.table("engine_forward"))
+    fitted.fit_seconds = time.perf_counter() - t0
+    return fitted
+
+
+def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | None:
+    """Fit ``measured forward = a + b * (operators' predicted sum)`` over real engine
+    iterations. Operators timed one at a time miss what a whole forward adds (module calls
+    between them, caches cold from the other operators' data); this puts it back,
+    measured rather than assumed. Needs a few rows; None otherwise."""
+    if len(rows) < 4:
+        return None
+    from podserve.sim.cost_model import CostModel
+
+    cost = CostModel(fitted)  # the operators alone: ``fitted.forward`` is still None here
+    ops = []
+    for r in rows:
+        chunks = [tuple(int(v) for v in c.split(":")) for c in str(r["prefill_chunks"]).split(";") if c]
+        c = cost.estimate(int(r["num_decodes"]), int(r["decode_sum_kv"]), int(r["decode_max_kv"]), chunks, int(r["num_sampled"]))
+        ops.append(c.stage + c.last_stage_extra)
+    return fit_linear(np.array(ops)[:, None], _col(rows, "time_s"))

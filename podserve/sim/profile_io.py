@@ -13,6 +13,10 @@ Tables (every time in seconds, medians over repetitions):
   of decodes whose contexts sum to ``sum_kv`` (longest ``max_kv``).
 - ``cpu_overhead.csv``: ``num_seqs,num_tokens,num_prefills,time_s`` -- per-iteration
   time outside the model forward (scheduling, input preparation, sampling, updates).
+- ``engine_forward.csv``: ``num_decodes,decode_sum_kv,decode_max_kv,prefill_chunks,num_sampled,time_s``
+  -- whole forwards (model + LM head) of real engine iterations, with the batch that ran
+  (``prefill_chunks`` is ``q:start;q:start...``); they calibrate the sum of the operators
+  against the forward they make up (optional).
 - ``all_reduce.csv``: ``num_workers,size_bytes,time_s`` and ``send_recv.csv``:
   ``size_bytes,time_s`` -- collectives for tensor/pipeline parallelism (optional).
 
@@ -29,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT_VERSION = 1
-TABLES = ("linear", "elementwise", "attention_prefill", "attention_decode", "cpu_overhead", "all_reduce", "send_recv")
+TABLES = ("linear", "elementwise", "attention_prefill", "attention_decode", "cpu_overhead", "engine_forward",
+          "all_reduce", "send_recv")
 REQUIRED = ("linear", "elementwise", "attention_prefill", "attention_decode")
-_TEXT_COLUMNS = {"op"}
+_TEXT_COLUMNS = {"op", "prefill_chunks"}
 
 
 @dataclass

@@ -35,6 +35,11 @@ class ProfileGrid:
     decode_ctx: tuple[int, ...] = (32, 128, 512, 1024, 2048, 4096)
     max_decode_kv: int = 32768
     overhead_batches: tuple[int, ...] = (1, 4, 16, 48)
+    """Engine phase: a batch of this many requests at a time, run to completion."""
+    engine_prompt_tokens: tuple[int, int] = (16, 256)
+    """Engine phase: prompt lengths spread over this range."""
+    engine_output_tokens: int = 12
+    """Engine phase: tokens generated per request (decode iterations per batch)."""
     time_budget_s: float = 0.03
     """Per point and pass: repeat until this much time was spent."""
     passes: int = 3
@@ -46,7 +51,7 @@ class ProfileGrid:
         return cls(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), lm_head_tokens=(1, 4, 16, 64),
                    prefill_q=(16, 64, 256, 512, 1024), prefill_prefix=(0, 512, 1536),
                    decode_batch=(1, 4, 16, 32, 64), decode_ctx=(64, 256, 1024, 2048), max_decode_kv=24576,
-                   overhead_batches=(1, 16), time_budget_s=0.01)
+                   overhead_batches=(1, 4, 16), engine_prompt_tokens=(16, 128), time_budget_s=0.01)
 
 
 def _timer(device: torch.device):
@@ -59,7 +64,7 @@ def _timer(device: torch.device):
     return sync
 
 
-def measure_layers(call, num_layers: int, sync, budget_s: float) -> float:
+def measure_layers(call, num_layers: int, sync, budget_s: float, clock=time.perf_counter) -> float:
     """Median seconds of ``call(i)`` where ``i`` rotates over layers.
 
     Each layer owns its weights and KV cache, so a real forward streams them from memory;
@@ -67,35 +72,35 @@ def measure_layers(call, num_layers: int, sync, budget_s: float) -> float:
     warm operator. Cheap calls (where that matters) rotate over up to every layer; calls
     long enough for their data to be streamed anyway rotate over two.
     """
-    t0 = time.perf_counter()
+    t0 = clock()
     call(0)
     sync()
-    first = time.perf_counter() - t0
+    first = clock() - t0
     k = max(2, min(num_layers, int(0.01 / max(first, 1e-7))))
     per_call = []
     spent = 0.0
     while len(per_call) < (1 if first > budget_s else 2) or (spent < budget_s and len(per_call) < 15):
-        t0 = time.perf_counter()
+        t0 = clock()
         for i in range(k):
             call(i % num_layers)
         sync()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         per_call.append(dt / k)
         spent += dt
     return statistics.median(per_call)
 
 
-def measure(fn, sync, budget_s: float, min_reps: int = 3, max_reps: int = 25) -> float:
+def measure(fn, sync, budget_s: float, min_reps: int = 3, max_reps: int = 25, clock=time.perf_counter) -> float:
     """Median seconds of ``fn()`` after one warm-up call."""
     fn()
     sync()
     times = []
     spent = 0.0
     while len(times) < min_reps or (spent < budget_s and len(times) < max_reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         times.append(dt)
         spent += dt
     return statistics.median(times)
@@ -105,7 +110,8 @@ class Profiler:
     """Measures one model on one device; ``run()`` returns a Profile."""
 
     def __init__(self, model: str | None = None, device: str = "cpu", dtype: str = "auto", attention: str = "torch",
-                 grid: ProfileGrid | None = None, max_model_len: int = 8192, progress=print, threads: int | None = None):
+                 grid: ProfileGrid | None = None, max_model_len: int = 8192, progress=print, threads: int | None = None,
+                 clock: str = "wall"):
         from podserve.engine.engine import Engine
 
         if threads is not None:
@@ -125,6 +131,14 @@ class Profiler:
         self.progress = progress or (lambda *a: None)
         self.config = self.engine.model_config
         self.attention = attention
+        if clock not in ("wall", "cpu"):
+            raise ValueError(f"clock {clock!r}: choose wall or cpu")
+        if clock == "cpu" and (self.device.type != "cpu" or torch.get_num_threads() != 1):
+            raise ValueError("--clock cpu times the profiling thread's CPU time: it needs --device cpu and --threads 1")
+        self.clock_name = clock
+        self.clock = time.thread_time if clock == "cpu" else time.perf_counter
+        """What times are measured in: wall seconds, or the profiling thread's CPU seconds
+        (on a shared machine: what a dedicated core would take; see bench.clock)."""
 
     def _randn(self, *shape):
         return torch.randn(*shape, device=self.device, dtype=self.dtype)
@@ -144,14 +158,14 @@ class Profiler:
             m = ms[0]
             for n in self.grid.tokens:
                 x = self._randn(n, m.in_features)
-                t = measure_layers(lambda i: ms[i](x), len(ms), self.sync, self.grid.time_budget_s)
+                t = measure_layers(lambda i: ms[i](x), len(ms), self.sync, self.grid.time_budget_s, clock=self.clock)
                 rows.append({"op": op, "num_tokens": n, "in_features": m.in_features, "out_features": m.out_features,
                              "time_s": t})
         head = self.model.lm_head
         for n in self.grid.lm_head_tokens:
             x = self._randn(n, head.in_features)
             rows.append({"op": "lm_head", "num_tokens": n, "in_features": head.in_features, "out_features": head.out_features,
-                         "time_s": measure(lambda: self.model.compute_logits(x), self.sync, self.grid.time_budget_s)})
+                         "time_s": measure(lambda: self.model.compute_logits(x), self.sync, self.grid.time_budget_s, clock=self.clock)})
         return rows
 
     @torch.inference_mode()
@@ -178,9 +192,9 @@ class Profiler:
                 F.silu(g) * u
                 return y + h2
 
-            rows.append({"op": "layer_misc", "num_tokens": n, "time_s": measure(misc, self.sync, self.grid.time_budget_s)})
+            rows.append({"op": "layer_misc", "num_tokens": n, "time_s": measure(misc, self.sync, self.grid.time_budget_s, clock=self.clock)})
             rows.append({"op": "embed", "num_tokens": n,
-                         "time_s": measure(lambda: self.model.embed_tokens(ids), self.sync, self.grid.time_budget_s)})
+                         "time_s": measure(lambda: self.model.embed_tokens(ids), self.sync, self.grid.time_budget_s, clock=self.clock)})
         return rows
 
     def _attention_time(self, seqs: list[ScheduledSeq], num_decodes: int) -> float:
@@ -195,7 +209,7 @@ class Profiler:
         v = self._randn(n, attn.num_kv_heads, attn.head_dim)
         caches = self.runner.kv_pool.caches
         return measure_layers(lambda i: backend.forward(q, k, v, *caches[i], meta, attn.scale), len(caches),
-                              self.sync, self.grid.time_budget_s)
+                              self.sync, self.grid.time_budget_s, clock=self.clock)
 
     def _seq(self, i: int, start: int, num_tokens: int, is_prefill: bool) -> ScheduledSeq:
         bs = self.runner.kv_pool.block_size
@@ -234,17 +248,24 @@ class Profiler:
 
     def cpu_overhead(self) -> list[dict]:
         """Run the engine; per step, (step wall time) - (forward + LM head time)."""
+        return self.engine_iterations()[0]
+
+    def engine_iterations(self) -> tuple[list[dict], list[dict]]:
+        """Run the engine on a small mixed workload (prefill chunks, hybrid and decode-only
+        batches). Per step: the CPU overhead, (step wall time) - (forward + LM head), and the
+        whole forward with the batch that ran (``engine_forward`` rows)."""
         engine = self.engine
         model = self.model
+        clock = self.clock
         spent = [0.0]
         orig_forward, orig_logits = model.forward, model.compute_logits
 
         def timed(fn):
             def wrapper(*a, **kw):
-                t0 = time.perf_counter()
+                t0 = clock()
                 out = fn(*a, **kw)
                 self.sync()
-                spent[0] += time.perf_counter() - t0
+                spent[0] += clock() - t0
                 return out
             return wrapper
 
@@ -252,29 +273,34 @@ class Profiler:
         listener = lambda batch, start, end: batches.append(batch)  # noqa: E731
         model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
         engine.iteration_listeners.append(listener)
-        rows = []
+        rows, forwards = [], []
         rng = np.random.default_rng(0)
+        lo, hi = self.grid.engine_prompt_tokens
         try:
             for b in self.grid.overhead_batches:
                 for i in range(b):
-                    ids = rng.integers(0, self.config.vocab_size, 16 + 8 * (i % 4)).tolist()
-                    engine.add_request(ids, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
-                                       request_id=f"overhead-{b}-{i}")
+                    # Prompt lengths spread over [lo, hi]: chunks of several sizes, then decodes
+                    # over a range of contexts as the batch drains.
+                    n = lo + (hi - lo) * i // max(b - 1, 1)
+                    ids = rng.integers(0, self.config.vocab_size, n).tolist()
+                    engine.add_request(ids, SamplingParams(max_tokens=self.grid.engine_output_tokens, temperature=0.0,
+                                                           ignore_eos=True), request_id=f"overhead-{b}-{i}")
                 while engine.has_unfinished_requests():
                     spent[0] = 0.0
                     before = len(batches)
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     engine.step()
-                    dt = time.perf_counter() - t0
+                    dt = clock() - t0
                     if len(batches) == before:
                         continue
                     batch = batches[-1]
                     rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
                                  "num_prefills": batch.num_prefills, "time_s": max(dt - spent[0], 1e-7)})
+                    forwards.append({**batch_shape(batch), "time_s": spent[0]})
         finally:
             model.forward, model.compute_logits = orig_forward, orig_logits
             engine.iteration_listeners.remove(listener)
-        return rows
+        return rows, forwards
 
     def run(self) -> Profile:
         ops = (("linear", self.linear), ("elementwise", self.elementwise),
@@ -287,8 +313,8 @@ class Profiler:
             self.progress(f"operator sweep {i + 1}/{self.grid.passes}: {time.perf_counter() - t0:.1f}s")
         tables = {name: _median_over_sweeps(rows) for name, rows in sweeps.items()}
         t0 = time.perf_counter()
-        tables["cpu_overhead"] = self.cpu_overhead()
-        self.progress(f"cpu overhead: {len(tables['cpu_overhead'])} engine iterations in {time.perf_counter() - t0:.1f}s")
+        tables["cpu_overhead"], tables["engine_forward"] = self.engine_iterations()
+        self.progress(f"engine: {len(tables['cpu_overhead'])} iterations (CPU overhead, whole forwards) in {time.perf_counter() - t0:.1f}s")
         return Profile(self._meta(), tables)
 
     def _meta(self) -> dict:
@@ -303,7 +329,18 @@ class Profiler:
         return base_meta(device=dev.type, device_name=name, model_name=self.engine.model_name, model_config=self.config,
                          dtype=str(self.dtype).removeprefix("torch."), dtype_bytes=torch.tensor([], dtype=self.dtype).element_size(),
                          attention=self.attention, source="podserve-profiler", torch_version=torch.__version__,
+                         clock=self.clock_name,
                          grid=self.grid.__dict__, **extra)
+
+
+def batch_shape(batch: ScheduledBatch) -> dict:
+    """What the cost model needs of a batch (an ``engine_forward`` row without its time)."""
+    nd = batch.num_decodes
+    starts = [s.start_pos for s in batch.seqs[:nd]]
+    prefills = batch.seqs[nd:]
+    return {"num_decodes": nd, "decode_sum_kv": sum(starts) + nd, "decode_max_kv": max(starts) + 1 if nd else 0,
+            "prefill_chunks": ";".join(f"{s.num_tokens}:{s.start_pos}" for s in prefills),
+            "num_sampled": nd + sum(s.do_sample for s in prefills)}
 
 
 def _median_over_sweeps(sweeps: list[list[dict]]) -> list[dict]:

@@ -59,6 +59,10 @@ class Simulator:
         self.cost_model = cost_model
         self.replicas = [Replica(i, config.scheduler, cost_model, num_blocks, config.block_size, config.watermark, config.pp)
                          for i in range(config.num_replicas)]
+        if token_budget is None and config.scheduler.tbt_slo is not None:
+            from podserve.sim.token_budget import SLOTokenBudget
+
+            token_budget = SLOTokenBudget(cost_model, config.scheduler.tbt_slo)  # the engine's rule, this cost model
         if token_budget is not None:
             for r in self.replicas:
                 token_budget.attach(r.scheduler)
@@ -71,6 +75,8 @@ class Simulator:
         self.peak_running = 0
         """Most requests any replica ever had running: below max_num_seqs, the cap never bound."""
         self.watch: SLOWatch | None = None
+        self._start_pending: set[int] = set()
+        """Replicas with a SCHEDULE event queued at the current instant."""
 
     def _push(self, t: float, kind: str, payload: tuple = ()) -> None:
         heapq.heappush(self._heap, E.Event(t, E.PRIORITY[kind], next(self._seq), kind, payload))
@@ -81,6 +87,22 @@ class Simulator:
         replica.scheduler.add_request(request)
         if self.watch is not None:
             self.watch.on_arrival(request)
+        self._start_soon(replica)
+
+    def _start_soon(self, replica: Replica) -> None:
+        """Form the next batch now, or, if more events share this instant (simultaneous
+        arrivals, a batch ending as a request arrives), once they are all handled: the
+        engine too adds every request that has arrived before it schedules."""
+        heap = self._heap
+        if heap and heap[0].time == self.now:
+            if replica.replica_id not in self._start_pending:
+                self._start_pending.add(replica.replica_id)
+                self._push(self.now, E.SCHEDULE, (replica,))
+            return
+        self._try_start(replica)
+
+    def _on_schedule(self, replica: Replica) -> None:
+        self._start_pending.discard(replica.replica_id)
         self._try_start(replica)
 
     def _try_start(self, replica: Replica) -> None:
@@ -113,7 +135,7 @@ class Simulator:
         else:
             self._push(end, E.STAGE_END, (replica, batch, start, nxt, cost))
         if stage == 0:
-            self._try_start(replica)  # stage 0 is free: the next micro-batch can enter
+            self._start_soon(replica)  # stage 0 is free: the next micro-batch can enter
 
     def _on_batch_end(self, replica: Replica, batch: ScheduledBatch, start: float) -> None:
         now = self.now
@@ -125,7 +147,7 @@ class Simulator:
         if self.watch is not None:
             for u in updates:
                 self.watch.on_token(u.request, now)
-        self._try_start(replica)
+        self._start_soon(replica)
 
     # --- driver ----------------------------------------------------------------------------
     def run(self, workload: list[WorkloadRequest], slo: LatencySLO | None = None, prefix: str = "sim") -> SimResult:
@@ -152,6 +174,8 @@ class Simulator:
                 self._on_arrival(*ev.payload)
             elif kind == E.STAGE_END:
                 self._on_stage_end(*ev.payload)
+            elif kind == E.SCHEDULE:
+                self._on_schedule(*ev.payload)
             if self.watch is not None:
                 checks += 1
                 if checks % 64 == 0 and (stopped := self.watch.verdict(self.now)):

@@ -91,3 +91,34 @@ def test_fit_is_cached_by_profile_hash(h100_8b, tmp_path, monkeypatch):
     changed.tables["linear"][0]["time_s"] *= 2
     cache.fitted_profile(changed)
     assert len(calls) == 1  # different content, different key: refitted
+
+
+def test_whole_forward_calibration_is_fitted_from_engine_iterations(tmp_path):
+    """Engine iterations (``engine_forward``) slower than the operators' sum by a fixed cost
+    plus a factor: the fit recovers both, the profile round-trips, the cost model applies it."""
+    from podserve.model.presets import preset_config
+    from podserve.sim.derive import derive_profile
+    from podserve.sim.predictors import fit_profile
+
+    config = preset_config("llama-3-8b")
+    profile = derive_profile("llama-3-8b", config)
+    ops_only = CostModel(fit_profile(profile), config)
+    batches = [(nd, 300 * nd, 400, chunks, nd + len(chunks)) for nd in (0, 1, 4, 16, 64)
+               for chunks in ([], [(128, 0)], [(512, 256), (64, 0)]) if nd or chunks]
+
+    def ops(nd, s, m, chunks, k):
+        c = ops_only.estimate(nd, s, m, chunks, k)
+        return c.stage + c.last_stage_extra
+
+    profile.tables["engine_forward"] = [
+        {"num_decodes": nd, "decode_sum_kv": s, "decode_max_kv": m if nd else 0,
+         "prefill_chunks": ";".join(f"{q}:{st}" for q, st in chunks), "num_sampled": k,
+         "time_s": 0.002 + 1.15 * ops(nd, s, m, chunks, k)} for nd, s, m, chunks, k in batches]
+    profile.save(tmp_path)
+    fitted = fit_profile(load_profile(tmp_path))
+    assert fitted.forward.intercept == pytest.approx(0.002, rel=0.05)
+    assert fitted.forward.coef[0] == pytest.approx(1.15, rel=0.02)
+    assert "forward_calibration" in fitted.errors()
+    c = CostModel(fitted, config).estimate(8, 8000, 2000, [(256, 0)], 9)
+    assert c.stage + c.last_stage_extra == pytest.approx(0.002 + 1.15 * ops(8, 8000, 2000, [(256, 0)], 9), rel=1e-6)
+    assert c.host == ops_only.estimate(8, 8000, 2000, [(256, 0)], 9).host  # the CPU overhead is apart

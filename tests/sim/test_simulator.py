@@ -31,6 +31,12 @@ def test_single_request_timeline_by_hand(linear_cost):
     assert isinstance(res.collector, MetricsCollector)
 
 
+def test_simultaneous_arrivals_share_the_first_batch(linear_cost):
+    # The engine adds every request that has arrived before it schedules: so does the simulator.
+    res = _sim(linear_cost()).run([WorkloadRequest(0.0, 100, 3) for _ in range(4)])
+    assert [it.num_prefill_tokens for it in res.collector.iterations][0] == 400
+
+
 def test_every_request_gets_exactly_its_tokens_under_every_policy(linear_cost):
     wl = generate(WorkloadConfig(num_requests=60, lengths="uniform", max_prompt_tokens=900, max_output_tokens=40, qps=50, seed=3))
     for policy in ("sarathi", "vllm", "orca", "fastertransformer", "simple-chunking"):

@@ -50,3 +50,32 @@ def test_slo_budget_capacity_at_least_best_fixed_chunk(h100_8b):
     adaptive = capacity(4096, budget=True)
     assert max(fixed.values()) > 0
     assert adaptive >= max(fixed.values()), (adaptive, fixed)
+
+
+def test_measured_iterations_rescale_the_budget(h100_8b):
+    """In the engine, iterations running 25% over their prediction shrink the budget so its
+    predicted-and-rescaled time meets the SLO again; the simulator (no observations) keeps 1."""
+    from podserve.core.batch import ScheduledBatch, ScheduledSeq
+    from podserve.request import SamplingParams
+
+    _, fitted, config = h100_8b
+    cost = CostModel(fitted, config)
+    budget = SLOTokenBudget(cost, 0.03)
+    sched = SchedulerConfig(chunk_size=4096, max_num_seqs=128, max_model_len=8192)
+    sim = Simulator(ClusterConfig(scheduler=sched), cost, 20000, token_budget=budget)
+    scheduler = sim.replicas[0].scheduler
+    from podserve.request import Request
+
+    scheduler.add_request(Request("a", list(range(3000)), SamplingParams(max_tokens=4), 0.0))
+    before = budget(scheduler, [])
+    for i in range(20):
+        seq = ScheduledSeq(f"p{i}", list(range(512)), 0, True, True, [0], SamplingParams(), 0)
+        batch = ScheduledBatch(iteration=i, seqs=[seq], num_decodes=0)
+        budget.observe(batch, 1.25 * cost.iteration_cost(batch).total_pp1)
+    assert budget.scale == pytest.approx(1.25)
+    after = budget(scheduler, [])
+    assert after < before
+    assert budget._time(0, 0, 0, [(3000, 0)], after) <= 0.03 + 1e-9  # scaled prediction meets the SLO
+    decode_only = ScheduledBatch(iteration=99, seqs=[ScheduledSeq("d", [1], 10, False, True, [0], SamplingParams(), 1)], num_decodes=1)
+    budget.observe(decode_only, 100.0)  # decode-only iterations are not what the budget sizes
+    assert budget.scale == pytest.approx(1.25)

@@ -36,10 +36,16 @@ class BlockManager:
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
+    @property
+    def max_request_tokens(self) -> int:
+        """Most tokens one request can ever hold: the whole cache."""
+        return self.num_blocks * self.block_size
+
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
     def block_table(self, request: Request) -> list[int]:
+        """The request's blocks: the live list (it grows in place; copy it to keep a snapshot)."""
         return self._tables.get(request.request_id, [])
 
     def num_new_blocks(self, request: Request, num_tokens: int) -> int:
@@ -63,6 +69,21 @@ class BlockManager:
         table = self._tables.setdefault(request.request_id, [])
         for _ in range(need):
             table.append(self._free.popleft())
+
+    def grow(self, request: Request, num_tokens: int) -> bool:
+        """``can_grow`` then ``allocate`` in one step: grow the request's table to cover
+        ``num_tokens`` tokens (may dip into the watermark) and return True, or change
+        nothing and return False. The decode hot path: usually the last block has room."""
+        table = self._tables.get(request.request_id)
+        need = -(-num_tokens // self.block_size) - (0 if table is None else len(table))
+        if need > len(self._free):
+            return False
+        if table is None:
+            table = self._tables[request.request_id] = []
+        free = self._free
+        for _ in range(need):
+            table.append(free.popleft())
+        return True
 
     def free(self, request: Request) -> None:
         """Return every block of the request to the free list (no-op if it holds none)."""

@@ -112,6 +112,11 @@ class VirtualKVManager:
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
+    @property
+    def max_request_tokens(self) -> int:
+        """Most tokens one request can ever hold: its slot, or every page if fewer."""
+        return min(self.max_ctx, self.num_blocks * self.block_size)
+
     def blocks_needed(self, num_tokens: int) -> int:
         """Pages that ``num_tokens`` tokens occupy."""
         return -(-num_tokens // self.tokens_per_page)
@@ -138,6 +143,14 @@ class VirtualKVManager:
         if not self._fits(request, num_tokens):
             return False
         return self.num_new_blocks(request, num_tokens) <= self.num_free_blocks
+
+    def grow(self, request: Request, num_tokens: int) -> bool:
+        """``can_grow`` then ``allocate``: True if ``request`` now holds ``num_tokens``
+        tokens, False (nothing changed) if pages or a slot are lacking."""
+        if not self.can_grow(request, num_tokens):
+            return False
+        self.allocate(request, num_tokens)
+        return True
 
     def num_requests(self) -> int:
         return len(self._slots)

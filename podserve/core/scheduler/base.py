@@ -37,6 +37,9 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.iteration = 0
         self.num_preemptions = 0
+        self._max_total_tokens = min(config.max_model_len, kv.max_request_tokens + 1)
+        """A request ends by length on reaching this many tokens: the context limit, or one
+        past what the whole KV cache holds (its next decode could never run)."""
 
     # --- request lifecycle -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -84,10 +87,13 @@ class Scheduler:
         """Build the next batch (decodes first, then prefill chunks)."""
         batch = ScheduledBatch(iteration=self.iteration)
         decodes, prefills = self._schedule(batch)
-        for request, num_tokens in decodes + prefills:
-            batch.seqs.append(self._make_seq(request, num_tokens))
-            if request.times.first_scheduled is None:
-                request.times.first_scheduled = now
+        seqs, make_seq = batch.seqs, self._make_seq
+        for pairs in (decodes, prefills):
+            for request, num_tokens in pairs:
+                seqs.append(make_seq(request, num_tokens))
+                times = request.times
+                if times.first_scheduled is None:
+                    times.first_scheduled = now
         batch.num_decodes = len(decodes)
         self.iteration += 1
         return batch
@@ -103,21 +109,24 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, output: ExecutorOutput, now: float) -> list[RequestUpdate]:
         """Apply an executed batch: advance progress, append sampled tokens, finish requests."""
         updates = []
+        get_request, running, max_total_tokens = self.requests.get, RequestStatus.RUNNING, self._max_total_tokens
         for seq, token_id in zip(batch.seqs, output.sampled_token_ids):
-            request = self.requests.get(seq.request_id)
-            if request is None or request.status is not RequestStatus.RUNNING:
+            request = get_request(seq.request_id)
+            if request is None or request.status is not running:
                 continue  # aborted while the batch ran
-            request.num_computed_tokens += seq.num_tokens
+            request.num_computed_tokens += len(seq.token_ids)
             if not seq.do_sample:
                 continue
             if token_id is None:
                 raise RuntimeError(f"executor sampled no token for {seq.request_id}")
-            request.output_token_ids.append(token_id)
-            request.times.token_times.append(now)
-            if request.times.first_token is None:
-                request.times.first_token = now
+            output_ids = request.output_token_ids
+            output_ids.append(token_id)
+            times = request.times
+            times.token_times.append(now)
+            if times.first_token is None:
+                times.first_token = now
             status = request.check_token_stop(token_id)
-            if status is None and request.num_tokens >= self.config.max_model_len:
+            if status is None and len(request.prompt_token_ids) + len(output_ids) >= max_total_tokens:
                 status = RequestStatus.FINISHED_LENGTH
             if status is not None:
                 self._finish(request, status, now)
@@ -126,17 +135,29 @@ class Scheduler:
 
     # --- helpers for policies ----------------------------------------------------------
     def _make_seq(self, request: Request, num_tokens: int) -> ScheduledSeq:
+        # Called for every scheduled request every iteration: lengths are read once, and
+        # the block table is the KV manager's live list, not a copy (it only grows when
+        # the request is scheduled again; the executor copies it into a tensor).
         start = request.num_computed_tokens
-        return ScheduledSeq(
-            request_id=request.request_id,
-            token_ids=request.token_ids_from(start, num_tokens),
-            start_pos=start,
-            is_prefill=request.is_prefill,
-            do_sample=start + num_tokens == request.num_tokens,
-            block_table=list(self.kv.block_table(request)),
-            sampling_params=request.sampling_params,
-            num_output_tokens=request.num_output_tokens,
+        num_output = len(request.output_token_ids)
+        total = len(request.prompt_token_ids) + num_output
+        return ScheduledSeq(  # positional (keywords cost ~0.2 us a call): fields in declaration order
+            request.request_id,                              # request_id
+            request.token_ids_from(start, num_tokens),       # token_ids
+            start,                                           # start_pos
+            total - start > 1,                               # is_prefill
+            start + num_tokens == total,                     # do_sample
+            self.kv.block_table(request),                    # block_table
+            request.sampling_params,                         # sampling_params
+            num_output,                                      # num_output_tokens
         )
+
+    def _can_admit(self, request: Request, num_tokens: int) -> bool:
+        """KV for ``num_tokens`` above the watermark; or, when no request holds KV at all, in
+        the whole cache: the watermark protects running requests from preempting each other,
+        and with none it would only keep a large (or preempted and grown) request waiting forever."""
+        kv = self.kv
+        return kv.can_admit(request, num_tokens) or (kv.num_requests() == 0 and kv.can_grow(request, num_tokens))
 
     def _admit(self, request: Request) -> None:
         """Move the head of ``waiting`` to ``running``."""
@@ -160,10 +181,17 @@ class Scheduler:
         """One token for every running request past its prefill, oldest first, while
         ``budget`` lasts; on KV shortage the newest running requests are preempted."""
         decodes: list[tuple[Request, int]] = []
+        running, grow = RequestStatus.RUNNING, self.kv.grow
         for request in list(self.running):
-            if request.is_prefill or request not in self.running or budget == 0:
-                continue
-            if self._reserve_decode(request, batch):
+            if budget == 0:
+                break
+            if request.status is not running:
+                continue  # preempted earlier in this loop (every request in ``running`` is RUNNING)
+            num_computed = request.num_computed_tokens
+            if len(request.prompt_token_ids) + len(request.output_token_ids) - num_computed > 1:
+                continue  # still prefilling
+            # Fast path: KV for the token is at hand; else preempt until it is (or give up).
+            if grow(request, num_computed + 1) or self._reserve_decode(request, batch):
                 decodes.append((request, 1))
                 budget -= 1
         return decodes
@@ -181,16 +209,19 @@ class Scheduler:
             return max_prefills is not None and len(prefills) >= max_prefills
 
         for request in self.running:
-            if not request.is_prefill or budget == 0 or full():
-                continue
-            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
+            left = len(request.prompt_token_ids) + len(request.output_token_ids) - request.num_computed_tokens
+            if left <= 1:
+                continue  # decoding
+            if budget == 0 or full():
+                break
+            chunk = min(left, budget)
             prefills.append((request, chunk))
             budget -= chunk
         while self.waiting and budget > 0 and not full():
             request = self.waiting[0]
             if len(self.running) >= self.config.max_num_seqs:
                 break
-            if not self.kv.can_admit(request, request.num_tokens):
+            if not self._can_admit(request, request.num_tokens):
                 break
             self.kv.allocate(request, request.num_tokens)
             self._admit(request)
@@ -211,7 +242,7 @@ class Scheduler:
             reserve = reserve_tokens(request)
             if len(self.running) >= self.config.max_num_seqs or num_tokens > budget:
                 break
-            if not self.kv.can_admit(request, reserve):
+            if not self._can_admit(request, reserve):
                 break
             self.kv.allocate(request, reserve)
             self._admit(request)
@@ -240,12 +271,13 @@ class Scheduler:
     def _reserve_decode(self, request: Request, batch: ScheduledBatch) -> bool:
         """Find KV for one more token of ``request``, preempting the newest running
         requests if needed. Returns False if ``request`` itself had to be preempted."""
-        while not self.kv.can_grow(request, request.num_computed_tokens + 1):
+        num_tokens = request.num_computed_tokens + 1
+        grow = self.kv.grow
+        while not grow(request, num_tokens):
             victim = self.running[-1]
             self._preempt(victim, batch)
             if victim is request:
                 return False
-        self.kv.allocate(request, request.num_computed_tokens + 1)
         return True
 
     def _finish(self, request: Request, status: RequestStatus, now: float | None) -> None:
