@@ -167,7 +167,7 @@ def delta(before: dict, after: dict) -> dict:
 
 def make_engine(b: Bench, *, scheduler: str, attention: str, model: str | None = None, dtype: str = "auto",
                 chunk_size: int | None = None, max_num_seqs: int = 128, enforce_eager: bool = False,
-                max_model_len: int | None = None, max_num_batched_tokens: int | None = None):
+                max_model_len: int | None = None, max_num_batched_tokens: int | None = None, kv: str = "paged"):
     from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
     from podserve.engine.engine import Engine
 
@@ -176,7 +176,7 @@ def make_engine(b: Bench, *, scheduler: str, attention: str, model: str | None =
         max_model_len=max_model_len or (b.args.max_model_len if b.cuda else 1024), enforce_eager=enforce_eager,
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=chunk_size or b.args.chunk_size,
                                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-        cache=CacheConfig(block_size=16, gpu_memory_utilization=b.args.gpu_memory_utilization),
+        cache=CacheConfig(block_size=16, gpu_memory_utilization=b.args.gpu_memory_utilization, kv_layout=kv),
     )
     t0 = time.perf_counter()
     engine = Engine(config)
@@ -452,31 +452,33 @@ def section_offline(b: Bench, workload) -> None:
 
     sec = b.section("offline")
     runs = sec.setdefault("runs", [])
-    pairs = [(s, a) for s in b.args.schedulers.split(",") for a in b.args.attentions.split(",")]
+    pairs = [(s, a, "paged") for s in b.args.schedulers.split(",") for a in b.args.attentions.split(",")]
+    # vAttention (issue 7): the same policy and kernel over virtual KV, right after its paged twin
+    pairs += [(*p.split(":"), "virtual") for p in b.args.virtual_pairs.split(",") if p]
     pairs.sort(key=lambda p: p[0] == "orca")  # sarathi and vllm first
     last = 0.0
-    for scheduler, attention in pairs:
+    for scheduler, attention, kv in pairs:
         need = 15 + 1.2 * last if b.cuda else 5
         if b.left() < need:
-            runs.append({"scheduler": scheduler, "attention": attention, "skipped": f"budget ({b.left():.0f}s left)"})
+            runs.append({"scheduler": scheduler, "attention": attention, "kv": kv, "skipped": f"budget ({b.left():.0f}s left)"})
             b.save()
             continue
-        entry = {"scheduler": scheduler, "attention": attention}
+        entry = {"scheduler": scheduler, "attention": attention, "kv": kv}
         try:
             t0 = time.perf_counter()
-            engine, info = make_engine(b, scheduler=scheduler, attention=attention)
+            engine, info = make_engine(b, scheduler=scheduler, attention=attention, kv=kv)
             entry["engine"] = info
             run(b, engine, [WorkloadRequest(0.0, 64, 4) for _ in range(4)])  # warm-up
             r = run(b, engine, workload)
             entry.update(strip(r))
             last = time.perf_counter() - t0
-            log(f"offline {scheduler}+{attention}: {r['output_tok_s']:.0f} out tok/s, wall {r['wall_s']:.1f}s, "
+            log(f"offline {scheduler}+{attention}+{kv}: {r['output_tok_s']:.0f} out tok/s, wall {r['wall_s']:.1f}s, "
                 f"{r['iterations']} iterations, recompiles {r['recompiles']}")
             del engine
         except Exception as e:
             entry["error"] = f"{type(e).__name__}: {e}"
             entry["traceback"] = traceback.format_exc()[-2000:]
-            log(f"offline {scheduler}+{attention}: ERROR {entry['error']}")
+            log(f"offline {scheduler}+{attention}+{kv}: ERROR {entry['error']}")
         runs.append(entry)
         free_memory(b.cuda)
         b.save()
@@ -542,7 +544,7 @@ def section_online(b: Bench) -> None:
     from podserve.bench.workloads import WorkloadConfig, generate
 
     sec = b.section("online")
-    offline = {(r["scheduler"], r["attention"]): r for r in b.section("offline").get("runs", []) if "requests_per_s" in r}
+    offline = {(r["scheduler"], r["attention"]): r for r in b.section("offline").get("runs", []) if "requests_per_s" in r and r.get("kv", "paged") == "paged"}
     runs = sec.setdefault("runs", [])
     fractions = [float(x) for x in b.args.online_fractions.split(",")]
     for policy in b.args.online_schedulers.split(","):
@@ -615,10 +617,10 @@ def print_table(b: Bench) -> None:
                      f"{'MFU':>6}{'MBU':>6}{'recomp':>7}")
         for x in runs:
             if "output_tok_s" not in x:
-                lines.append(f"{x['scheduler']:<10}{x['attention']:<10}  {x.get('skipped') or x.get('error', '')[:70]}")
+                lines.append(f"{x['scheduler']:<10}{x['attention'] + ('/virt' if x.get('kv') == 'virtual' else ''):<10}  {x.get('skipped') or x.get('error', '')[:70]}")
                 continue
             rf = x.get("roofline", {})
-            lines.append(f"{x['scheduler']:<10}{x['attention']:<10}{x['output_tok_s']:>10.0f}{x['wall_s']:>8.1f}{x['iterations']:>7}"
+            lines.append(f"{x['scheduler']:<10}{x['attention'] + ('/virt' if x.get('kv') == 'virtual' else ''):<10}{x['output_tok_s']:>10.0f}{x['wall_s']:>8.1f}{x['iterations']:>7}"
                          f"{fmt(x['ttft']['p50']):>9}{fmt(x['tbt']['p99'], 1, 3):>9}{fmt(rf.get('mfu_wall'), 100, 0):>6}"
                          f"{fmt(rf.get('mbu_wall'), 100, 0):>6}{sum(x['recompiles'].values()):>7}")
     h = s.get("hf", {})
@@ -648,11 +650,16 @@ def targets(b: Bench) -> dict:
     out["decode-heavy >= 75% bandwidth roofline"] = None if eff is None else f"{eff:.0%} {'met' if eff >= 0.75 else 'missed'}"
     eff = d.get("prefill", {}).get("efficiency_wall_median")
     out["2048 prefill >= 60% compute roofline"] = None if eff is None else f"{eff:.0%} {'met' if eff >= 0.6 else 'missed'}"
-    runs = {(r["scheduler"], r["attention"]): r for r in s.get("offline", {}).get("runs", []) if "output_tok_s" in r}
+    runs = {(r["scheduler"], r["attention"]): r for r in s.get("offline", {}).get("runs", []) if "output_tok_s" in r and r.get("kv", "paged") == "paged"}
     st, sp = runs.get(("sarathi", "triton")), runs.get(("sarathi", "pod"))
     if st and sp:
         g = sp["output_tok_s"] / st["output_tok_s"] - 1
         out["POD >= +15% vs sarathi+triton"] = f"{g:+.0%} {'met' if g >= 0.15 else 'missed'}"
+    virt = [r for r in s.get("offline", {}).get("runs", []) if "output_tok_s" in r and r.get("kv") == "virtual"]
+    for v in virt:
+        paged = runs.get((v["scheduler"], v["attention"]))
+        if paged:
+            out[f"virtual / paged KV, {v['scheduler']}+{v['attention']}"] = f"{v['output_tok_s'] / paged['output_tok_s']:.2f}x"
     hf = s.get("hf", {}).get("output_tok_s")
     if hf and runs:
         best = max(r["output_tok_s"] for r in runs.values())
@@ -677,6 +684,8 @@ def main() -> None:
     ap.add_argument("--max-output-tokens", type=int, default=None)
     ap.add_argument("--schedulers", default="sarathi,vllm,orca")
     ap.add_argument("--attentions", default="triton,pod")
+    ap.add_argument("--virtual-pairs", default="sarathi:triton",
+                    help="scheduler:attention pairs also run offline over virtual KV (vAttention); '' for none")
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--hf-batch-size", type=int, default=64)
