@@ -76,7 +76,9 @@ def test_cuda_graph_decodes_match_eager(tmp_path, attention):
     rng = random.Random(1)
     prompts = [[rng.randrange(2, 258) for _ in range(n)] for n in (3, 17, 64, 150, 5, 300, 40)]
     p = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-    kw = dict(device="cuda", dtype="float32", attention=attention, chunk_size=64, max_num_seqs=8)
+    # two engines at once: a fixed KV budget each, not 90% of the GPU each
+    kw = dict(device="cuda", dtype="float32", attention=attention, chunk_size=64, max_num_seqs=8,
+              kv_cache_memory=256 << 20)
     eager = LLM(str(tmp_path), enforce_eager=True, **kw)
     graphed = LLM(str(tmp_path), **kw)
     assert eager.engine.runner.graphs is None and graphed.engine.runner.graphs is not None

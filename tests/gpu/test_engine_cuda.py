@@ -29,8 +29,8 @@ def test_cuda_bf16_logits_close_to_float32(tmp_path):
     from podserve.core.batch import ScheduledBatch, ScheduledSeq
 
     write_tiny_llama(tmp_path, seed=12)
-    ref = LLM(str(tmp_path), device="cuda", dtype="float32", block_size=16)
-    bf = LLM(str(tmp_path), device="cuda", dtype="bfloat16", block_size=16)
+    ref = LLM(str(tmp_path), device="cuda", dtype="float32", block_size=16, kv_cache_memory=256 << 20)
+    bf = LLM(str(tmp_path), device="cuda", dtype="bfloat16", block_size=16, kv_cache_memory=256 << 20)
     ids = [random.randrange(2, 258) for _ in range(40)]
     logits = []
     for llm in (ref, bf):
