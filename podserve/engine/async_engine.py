@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 from podserve.engine.outputs import RequestOutput
 from podserve.request import SamplingParams
@@ -73,6 +73,23 @@ class _Stream:
 def _put_all(items: list) -> None:
     for queue, item in items:
         queue.put_nowait(item)
+
+
+def publish(outputs: list, listeners: list, by_loop: dict) -> None:
+    """Run the output listeners on every output, then hand each event loop its
+    ``(queue, item)`` pairs in one wake-up (each call_soon_threadsafe writes to the loop's
+    self-pipe). A listener's exception is logged, never fatal."""
+    for out in outputs:
+        try:
+            for listener in listeners:
+                listener(out)
+        except Exception:
+            logger.exception("output listener failed on %s", out.request_id)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:
+            pass  # that loop is closed: its callers are gone
 
 
 class RequestStream:
@@ -287,17 +304,7 @@ class AsyncEngine:
                     self._streams.pop(out.request_id, None)
                 if stream is not None:
                     by_loop.setdefault(stream.loop, []).append((stream.queue, out))
-        for out in outputs:
-            try:
-                for listener in self.output_listeners:
-                    listener(out)
-            except Exception:
-                logger.exception("output listener failed on %s", out.request_id)
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:
-                pass  # that loop is closed: its callers are gone
+        publish(outputs, self.output_listeners, by_loop)
 
     def _fail_running(self, error: Exception) -> None:
         scheduler = self.engine.scheduler

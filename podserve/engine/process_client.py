@@ -36,8 +36,8 @@ from podserve.engine.async_engine import (
     EngineStats,
     RequestFailed,
     RequestStream,
-    _put_all,
     _Stream,
+    publish,
 )
 from podserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from podserve.request import SamplingParams
@@ -356,17 +356,7 @@ class EngineProcessClient:
                 by_loop.setdefault(p.stream.loop, []).append((p.stream.queue, out))
         for future, error in settle:
             future.get_loop().call_soon_threadsafe(_settle, future, error)
-        for out in outputs:
-            try:
-                for listener in self.output_listeners:
-                    listener(out)
-            except Exception:
-                logger.exception("output listener failed on %s", out.request_id)
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:
-                pass  # that loop is closed: its callers are gone
+        publish(outputs, self.output_listeners, by_loop)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
