@@ -4,8 +4,10 @@ For each concurrency C, C closed-loop clients send ``C * --requests-per-client``
 (random prompt token ids, ``--max-tokens`` each with ignore_eos, greedy). HTTP mode runs them
 through ``podserve serve`` (a subprocess, default model and engine flags) with
 podserve.bench.http_client; in-process mode drives an Engine built with the same flags in
-this process, from a worker thread as the server does, keeping at most C requests in flight. Runs alternate HTTP / in-process so
-background load on a shared machine hits both alike.
+this process, stepped on the main thread as serve's engine process steps it
+(``--inprocess-thread worker`` for the thread the server used before the engine process),
+keeping at most C requests in flight. Runs alternate HTTP / in-process so background load
+on a shared machine hits both alike.
 
     PYTHONPATH=. python benchmarks/http_vs_inprocess.py --concurrency 16 64
 """
@@ -142,6 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="HTTP/in-process pairs per concurrency (alternating order)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--json", type=Path, default=None, help="also write every run's summary here")
+    p.add_argument("--inprocess-thread", choices=["main", "worker"], default="main",
+                   help="step the in-process engine on the main thread (as serve's engine process does, "
+                        "the default) or on a worker thread (as --no-engine-process does)")
     p.add_argument("--server-args", default="", help="extra 'podserve serve' flags, e.g. '--no-engine-process'")
     args = p.parse_args(argv)
 
@@ -152,7 +157,8 @@ def main(argv=None) -> int:
         vocab = engine.model_config.vocab_size
         warm = make_specs(4, 8, 4, vocab, seed=99)
         run_http(base_url, warm, max_concurrency=4)
-        in_worker_thread(run_inprocess, engine, warm, 4)
+        step_in = in_worker_thread if args.inprocess_thread == "worker" else (lambda fn, *a: fn(*a))
+        step_in(run_inprocess, engine, warm, 4)
         runs = []
         for concurrency in args.concurrency:
             specs = make_specs(concurrency * args.requests_per_client, args.prompt_tokens, args.max_tokens, vocab,
@@ -166,7 +172,7 @@ def main(argv=None) -> int:
                         records, wall = run_http(base_url, specs, max_concurrency=concurrency)
                         busy = engine_busy_s(base_url) - busy_before
                     else:
-                        records, wall = in_worker_thread(run_inprocess, engine, specs, concurrency)
+                        records, wall = step_in(run_inprocess, engine, specs, concurrency)
                         busy = run_inprocess.last_busy_s
                     cpu = time.process_time() - cpu_before
                     server_after = server_cpu(server.pid)
