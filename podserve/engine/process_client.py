@@ -278,15 +278,6 @@ class EngineProcessClient:
             raise
         return RequestStream(self, request_id, pending.stream)
 
-    async def generate(self, prompt, params: SamplingParams, request_id: str, arrival_time: float | None = None):
-        """``add_request`` then yield every output; closing early aborts the request."""
-        stream = await self.add_request(prompt, params, request_id, arrival_time)
-        try:
-            async for out in stream:
-                yield out
-        finally:
-            stream.close()
-
     def abort(self, request_id: str) -> None:
         """Abort a request (thread-safe); the engine frees its KV before its next step."""
         with self._lock:
