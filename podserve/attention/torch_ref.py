@@ -5,12 +5,14 @@ padded tensor, one SDPA call per layer). On CPU, where that gather and the padde
 masked SDPA cost more than the matmuls of the model itself at large decode batches, each
 decode attends on its own over its K/V read in place (a zero-copy view when its context
 fits one block, as with virtual KV; otherwise a copy of its own blocks only) with two
-small matmuls. Prefill chunks run one by one, with a causal mask offset by the cached
-prefix.
+small matmuls. Prefill chunks run one by one over the same per-sequence K/V, with a
+causal mask offset by the cached prefix.
 
-The gathers read each sequence's own tokens only (positions past its length re-read its
-first token, then are masked): never whole blocks. With virtual KV a block is a whole
-``max_ctx`` slot whose tail is not mapped, and reading it would fault.
+A context that fits one block is read as a view of its first ``seq_len`` rows, never the
+whole block: with virtual KV a block is a whole ``max_ctx`` slot whose tail is not mapped,
+and reading it would fault. Longer contexts only exist with paged KV, whose blocks are all
+backed, so their own blocks are copied whole. The CUDA decode gather reads each sequence's
+own tokens only (positions past its length re-read its first token, then are masked).
 """
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ class TorchAttentionBackend(AttentionBackend):
         return out
 
     def _index(self, key, meta, rows: slice, lengths: list[int], block_size: int) -> torch.Tensor:
-        """Flat cache indices [num_rows, max(lengths)] of each row's positions 0..len-1,
-        computed once per batch and shared by every layer."""
+        """Flat cache indices [num_rows, max(lengths)] of each row's positions 0..len-1 (the
+        CUDA decode gather), computed once per batch and shared by every layer."""
         idx = self._shared["masks"].get(key)
         if idx is None:
             dev = meta.block_tables.device
@@ -77,8 +79,15 @@ class TorchAttentionBackend(AttentionBackend):
         a view when they sit in one block, else a copy of its own blocks (never the padding)."""
         block_size = k_cache.shape[1]
         if seq_len <= block_size:
-            host = meta.block_tables_cpu  # the host copy, when the runner kept one: no device read
-            blk = int(host[i, 0]) if host is not None else int(meta.block_tables[i, 0])
+            # One block holds the whole context (always so for virtual KV, where the block is
+            # the request's slot). Its id is read once per batch, from the host copy when the
+            # runner kept one (no device read), and shared by every layer.
+            key = ("block", i)
+            blk = self._shared["masks"].get(key)
+            if blk is None:
+                host = meta.block_tables_cpu
+                blk = int(host[i, 0]) if host is not None else int(meta.block_tables[i, 0])
+                self._shared["masks"][key] = blk
             return k_cache[blk, :seq_len], v_cache[blk, :seq_len]
         table = meta.block_tables[i, : -(-seq_len // block_size)]
         keys = k_cache.index_select(0, table).flatten(0, 1)[:seq_len]
@@ -118,22 +127,8 @@ class TorchAttentionBackend(AttentionBackend):
         return o.squeeze(2)
 
     def _prefill(self, q, i, q_len, seq_len, k_cache, v_cache, meta, scale):
-        _, block_size, num_kv_heads, head_dim = k_cache.shape
-        if seq_len <= block_size:
-            # One block holds the whole context (always so for virtual KV, where the block
-            # is the request's slot): attend over a zero-copy contiguous view.
-            key = ("prefill_block", i)
-            blk = self._shared["masks"].get(key)
-            if blk is None:
-                host = meta.block_tables_cpu  # the host copy, when the runner kept one: no sync
-                blk = int(host[i, 0]) if host is not None else int(meta.block_tables[i, 0])
-                self._shared["masks"][key] = blk
-            keys = k_cache[blk, :seq_len].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
-            vals = v_cache[blk, :seq_len].transpose(0, 1)
-        else:
-            idx = self._index(("prefill_index", i, block_size), meta, slice(i, i + 1), [seq_len], block_size)[0]  # [seq_len]
-            keys = k_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)  # [kv_heads, seq_len, head_dim]
-            vals = v_cache.view(-1, num_kv_heads, head_dim)[idx].transpose(0, 1)
+        keys, vals = self._seq_kv(i, seq_len, k_cache, v_cache, meta)  # [seq_len, kv_heads, head_dim]
+        keys, vals = keys.transpose(0, 1), vals.transpose(0, 1)  # [kv_heads, seq_len, head_dim]
         qq = q.transpose(0, 1)  # [num_heads, q_len, head_dim]
         if q_len == seq_len:
             o = F.scaled_dot_product_attention(qq, keys, vals, is_causal=True, scale=scale, enable_gqa=True)
