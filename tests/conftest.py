@@ -5,6 +5,13 @@ import os
 import warnings
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET once, when it is first imported: set it here, before any test
+# module can import it, so CPU machines run every kernel test in Triton's interpreter whatever
+# order the modules are collected in.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,11 @@ On CPU the kernels run in Triton's interpreter (slow), so the model is tiny.
 """
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from podserve import LLM, SamplingParams  # noqa: E402

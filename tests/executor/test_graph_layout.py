@@ -2,13 +2,10 @@
 max_model_len, it computes the same logits as the eager step (Triton interpreter on CPU)."""
 from __future__ import annotations
 
-import os
 import random
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 

@@ -1,16 +1,13 @@
 """Attention kernels against their torch references.
 
-CPU: Triton's interpreter (TRITON_INTERPRET=1, set below when CUDA is absent),
+CPU: Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py when CUDA is absent),
 float32, tiny shapes. GPU (skipped without CUDA): bf16/fp16 against a float64
 reference, paged vs contiguous, POD vs serial. Inputs are drawn fresh each run;
 outputs are poisoned with NaN before every call so an unwritten row fails.
 """
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 

@@ -3,14 +3,11 @@ table) and give the torch backend's greedy tokens; on CPU through Triton's inter
 a read of an unmapped page would kill the process."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from podserve import LLM, SamplingParams  # noqa: E402
