@@ -49,6 +49,19 @@ class EngineStats:
     busy_s: float = 0.0
     """Wall time spent inside ``engine.step()`` since start: busy_s / uptime is the engine's utilisation."""
 
+    def after(self, engine, busy_s: float | None) -> "EngineStats":
+        """The next snapshot of ``engine``; ``busy_s`` is the duration of the step just run
+        (None: no step ran)."""
+        s = engine.scheduler
+        return EngineStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=engine.kv.usage,
+            num_preemptions=s.num_preemptions,
+            num_iterations=self.num_iterations + (busy_s is not None),
+            busy_s=self.busy_s + (busy_s or 0.0),
+        )
+
 
 @dataclass
 class _Add:
@@ -339,12 +352,4 @@ class AsyncEngine:
 
     def _refresh_stats(self, busy_s: float | None = None) -> None:
         """New snapshot; ``busy_s`` is the duration of the step just run (None: no step)."""
-        s = self.engine.scheduler
-        self.stats = EngineStats(
-            num_running=s.num_running,
-            num_waiting=s.num_waiting,
-            kv_cache_usage=self.engine.kv.usage,
-            num_preemptions=s.num_preemptions,
-            num_iterations=self.stats.num_iterations + (busy_s is not None),
-            busy_s=self.stats.busy_s + (busy_s or 0.0),
-        )
+        self.stats = self.stats.after(self.engine, busy_s)

@@ -126,13 +126,7 @@ def _engine_main(config: EngineConfig, conn, threads: int | None) -> None:
                            o.outputs[0].finish_reason, o.metrics)
                     for o in outputs
                 ]
-            s = engine.scheduler
-            stats = EngineStats(
-                num_running=s.num_running, num_waiting=s.num_waiting, kv_cache_usage=engine.kv.usage,
-                num_preemptions=s.num_preemptions,
-                num_iterations=stats.num_iterations + (busy_s is not None),
-                busy_s=stats.busy_s + (busy_s or 0.0),
-            )
+            stats = stats.after(engine, busy_s)
             conn.send(("tick", accepted, rejected, deltas, failed, stats))
     except (EOFError, OSError, BrokenPipeError):
         pass  # the front went away: nothing left to serve
