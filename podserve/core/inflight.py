@@ -2,14 +2,23 @@
 scheduler may see for the next one: the engine under pipeline parallelism and the
 simulator's replicas share them.
 
-1. *Never twice.* While a request's micro-batch is still travelling through the stages its
-   progress (``num_computed_tokens``, the sampled token) is unknown, so scheduling it
-   again would feed a stale position: such requests are hidden.
-2. *Balanced micro-batches.* A policy packs every visible running request into one batch
+1. *Never twice while a token is pending.* While a micro-batch that samples a request's
+   next token (a decode, or the last chunk of a prefill) is travelling through the stages,
+   that token is unknown, so scheduling the request again would feed a stale position:
+   such requests are hidden.
+2. *Prefill chunks back to back.* A non-final prefill chunk produces no token, and each
+   stage runs micro-batches in submission order, so a stage has always written a chunk's
+   KV before it meets the next chunk. A request whose in-flight work is only such chunks
+   stays visible, its progress shown as if they had returned (``num_computed_tokens``
+   advanced for the duration of ``schedule``), and its next chunk may join the next
+   micro-batch -- as in Sarathi's pipeline-parallel scheduling, where a long prompt's
+   chunks fill consecutive micro-batches instead of leaving them to decodes alone. It is
+   pinned (``scheduler.pinned``) so that it is never chosen for preemption meanwhile.
+3. *Balanced micro-batches.* A policy packs every visible running request into one batch
    (all decodes first), which would leave the next micro-batch empty once prefills are
    done -- one micro-batch in a ``pp``-stage pipeline, ``1 - 1/pp`` of it idle. So each
-   micro-batch sees at most ``ceil(running / pp)`` running requests (the oldest not in
-   flight): the running set splits into ``pp`` groups that take turns, as vLLM's virtual
+   micro-batch sees at most ``ceil(running / pp)`` running requests (the oldest not
+   hidden): the running set splits into ``pp`` groups that take turns, as vLLM's virtual
    engines and Sarathi's uniform micro-batches do. New requests are admitted as usual.
 
 Hidden requests sit out of ``scheduler.running`` while the policy builds the batch and are
@@ -24,10 +33,13 @@ from podserve.core.batch import ScheduledBatch
 
 
 class InFlightBatches:
-    """Counts, per request id, the submitted micro-batches that have not returned yet."""
+    """Tracks, per request id, the submitted micro-batches that have not returned yet."""
 
     def __init__(self, num_stages: int = 2):
         self._count: dict[str, int] = {}
+        """In-flight sequences that sample a token, per request: the request is hidden."""
+        self._ahead: dict[str, list[int]] = {}
+        """In-flight non-final prefill chunks per request: [number of chunks, tokens]."""
         self.num_stages = num_stages
         self._track = num_stages > 1
         """One stage only counts batches: a batch always returns before the next forms."""
@@ -35,7 +47,7 @@ class InFlightBatches:
         """Micro-batches submitted and not yet returned."""
 
     def __contains__(self, request_id: str) -> bool:
-        return request_id in self._count
+        return request_id in self._count or request_id in self._ahead
 
     def __len__(self) -> int:
         return self.num_batches
@@ -45,42 +57,69 @@ class InFlightBatches:
         self.num_batches += 1
         if not self._track:
             return
-        count = self._count
+        count, ahead = self._count, self._ahead
         for s in batch.seqs:
-            count[s.request_id] = count.get(s.request_id, 0) + 1
+            rid = s.request_id
+            if s.do_sample:
+                count[rid] = count.get(rid, 0) + 1
+            else:
+                chunks = ahead.get(rid)
+                if chunks is None:
+                    ahead[rid] = [1, len(s.token_ids)]
+                else:
+                    chunks[0] += 1
+                    chunks[1] += len(s.token_ids)
 
     def remove(self, batch: ScheduledBatch) -> None:
         """``batch`` came back: its requests are visible again (call before ``scheduler.update``)."""
         self.num_batches -= 1
         if not self._track:
             return
-        count = self._count
+        count, ahead = self._count, self._ahead
         for s in batch.seqs:
-            left = count[s.request_id] - 1
-            if left:
-                count[s.request_id] = left
+            rid = s.request_id
+            if s.do_sample:
+                left = count[rid] - 1
+                if left:
+                    count[rid] = left
+                else:
+                    del count[rid]
             else:
-                del count[s.request_id]
+                chunks = ahead[rid]
+                chunks[0] -= 1
+                chunks[1] -= len(s.token_ids)
+                if not chunks[0]:
+                    del ahead[rid]
 
     def schedule(self, scheduler, now: float) -> ScheduledBatch:
-        """``scheduler.schedule(now)`` over the running requests not in flight, at most
-        ``ceil(running / num_stages)`` of them."""
+        """``scheduler.schedule(now)`` over the running requests not hidden, at most
+        ``ceil(running / num_stages)`` of them, in-flight prefill chunks counted as done."""
         saved = scheduler.running
         if not self._track or not saved:
             return scheduler.schedule(now)
-        count = self._count
+        count, ahead = self._count, self._ahead
         quota = -(-len(saved) // self.num_stages)
         visible = [r for r in saved if r.request_id not in count][:quota]
-        if len(visible) == len(saved):
-            return scheduler.schedule(now)
-        shown = {id(r) for r in visible}
-        scheduler.running = visible
+        advanced = [(r, ahead[r.request_id][1]) for r in visible if r.request_id in ahead] if ahead else []
+        for r, tokens in advanced:
+            r.num_computed_tokens += tokens
+            scheduler.pinned.add(r.request_id)
         try:
-            return scheduler.schedule(now)
+            if len(visible) == len(saved):
+                return scheduler.schedule(now)
+            shown = {id(r) for r in visible}
+            scheduler.running = visible
+            try:
+                return scheduler.schedule(now)
+            finally:
+                after = scheduler.running
+                kept = {id(r) for r in after}
+                merged = [r for r in saved if id(r) not in shown or id(r) in kept]
+                before = {id(r) for r in saved}
+                merged += [r for r in after if id(r) not in before]  # admitted this iteration, newest last
+                scheduler.running = merged
         finally:
-            after = scheduler.running
-            kept = {id(r) for r in after}
-            merged = [r for r in saved if id(r) not in shown or id(r) in kept]
-            before = {id(r) for r in saved}
-            merged += [r for r in after if id(r) not in before]  # admitted this iteration, newest last
-            scheduler.running = merged
+            for r, tokens in advanced:
+                r.num_computed_tokens -= tokens
+            if advanced:
+                scheduler.pinned.clear()

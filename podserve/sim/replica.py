@@ -14,6 +14,7 @@ from podserve.core.batch import ScheduledBatch
 from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler import make_scheduler
+from podserve.metrics.pipeline import PipelineStats
 from podserve.sim.cost_model import CostModel
 
 
@@ -31,6 +32,8 @@ class Replica:
         """Virtual time at which each pipeline stage finishes its current micro-batch."""
         self.inflight = InFlightBatches(pp)
         """Micro-batches between stage 0 and the end of the last stage."""
+        self.pipeline = PipelineStats(pp)
+        """Each stage's busy time and the in-pipeline windows (bubble fraction), pp > 1."""
 
     @property
     def num_outstanding(self) -> int:

@@ -12,6 +12,7 @@ from podserve.bench.workloads import WorkloadRequest
 from podserve.config import SchedulerConfig
 from podserve.core.batch import ExecutorOutput, ScheduledBatch
 from podserve.metrics import MetricsCollector
+from podserve.metrics.pipeline import PipelineStats
 from podserve.sim import events as E
 from podserve.sim.cost_model import CostModel
 from podserve.sim.global_scheduler import make_global_scheduler
@@ -123,17 +124,20 @@ class Simulator:
         else:
             end = now + cost.host + cost.stage
             replica.stage_free[0] = end
-            self._push(end, E.STAGE_END, (replica, batch, now, 0, cost))
+            spans = [(now + cost.host, end)]  # each stage's busy span, as the engine's workers report it
+            self._push(end, E.STAGE_END, (replica, batch, now, 0, cost, spans))
 
-    def _on_stage_end(self, replica: Replica, batch: ScheduledBatch, start: float, stage: int, cost) -> None:
+    def _on_stage_end(self, replica: Replica, batch: ScheduledBatch, start: float, stage: int, cost, spans) -> None:
         nxt = stage + 1
         begin = max(self.now, replica.stage_free[nxt])
         end = begin + cost.stage + (cost.last_stage_extra if nxt == replica.pp - 1 else 0.0)
         replica.stage_free[nxt] = end
+        spans.append((begin, end))
         if nxt == replica.pp - 1:
+            replica.pipeline.on_micro_batch(start, end, spans)
             self._push(end, E.BATCH_END, (replica, batch, start))
         else:
-            self._push(end, E.STAGE_END, (replica, batch, start, nxt, cost))
+            self._push(end, E.STAGE_END, (replica, batch, start, nxt, cost, spans))
         if stage == 0:
             self._start_soon(replica)  # stage 0 is free: the next micro-batch can enter
 
@@ -187,4 +191,26 @@ class Simulator:
         for r in requests:
             if r.times.arrival <= self.now or not stopped:
                 self.collector.on_request_finished(r)
+        if self.config.pp > 1:
+            self.collector.pipeline = pipeline_summary([r.pipeline for r in self.replicas])
         return SimResult(self.collector, time.perf_counter() - t0, len(requests), self.num_iterations, stopped, clipped)
+
+
+def pipeline_summary(stats: list[PipelineStats]) -> dict:
+    """One replica's ``PipelineStats.summary()``; over several, stage busy and active
+    times summed, so the bubble fraction is the cluster's share of idle stage-time."""
+    if len(stats) == 1:
+        return stats[0].summary()
+    parts = [s.summary() for s in stats]
+    num_stages = parts[0]["num_stages"]
+    active = sum(p["active_s"] for p in parts)
+    busy = [sum(p["stage_busy_s"][i] for p in parts) for i in range(num_stages)]
+    return {
+        "num_stages": num_stages,
+        "num_micro_batches": sum(p["num_micro_batches"] for p in parts),
+        "active_s": active,
+        "stage_busy_s": busy,
+        "stage_utilization": [b / active if active > 0 else None for b in busy],
+        "bubble_fraction": 1.0 - sum(busy) / (num_stages * active) if active > 0 else None,
+        "num_replicas": len(parts),
+    }

@@ -13,33 +13,82 @@ from podserve.metrics.pipeline import PipelineStats
 from podserve.sim.sim_request import make_request
 
 
-@pytest.mark.parametrize("policy", ["sarathi", "vllm", "orca"])
-def test_in_flight_requests_are_never_scheduled_again(policy):
-    sched = make_scheduler(SchedulerConfig(policy=policy, chunk_size=32, max_num_seqs=8, max_model_len=256),
-                           BlockManager(256, 16))
-    for i in range(6):
-        sched.add_request(make_request(i, 0.0, 20 + 7 * i, 5))
-    inflight, pending, now = InFlightBatches(3), [], 0.0
+def _drive_pipeline(sched, num_stages: int, max_steps: int = 2000):
+    """Run ``sched`` through a ``num_stages``-deep pipeline of micro-batches (each returns
+    after the others ahead of it) and check the in-flight rules on every micro-batch.
+    Returns the scheduled micro-batches."""
+    inflight, pending, now, batches = InFlightBatches(num_stages), [], 0.0, []
+    next_pos: dict[str, int] = {}  # where each request's next scheduled token must start
     steps = 0
     while sched.has_unfinished() or pending:
-        while len(pending) < 3:  # three stages
+        while len(pending) < num_stages:
             batch = inflight.schedule(sched, now)
+            in_flight = {s.request_id: s for p in pending for s in p.seqs}
+            assert not set(batch.preempted_ids) & set(in_flight)  # nothing with work in flight is preempted
+            for rid in batch.preempted_ids:
+                next_pos.pop(rid, None)
             if batch.is_empty:
                 break
             ids = [s.request_id for s in batch.seqs]
             assert len(set(ids)) == len(ids)
-            for p in pending:  # disjoint from every micro-batch still in the pipeline
-                assert not set(ids) & {s.request_id for s in p.seqs}
+            for s in batch.seqs:
+                earlier = in_flight.get(s.request_id)
+                if earlier is not None:  # only a non-final prefill chunk may be followed at once (its token is known)
+                    assert not earlier.do_sample
+                if s.start_pos != 0 or s.request_id in next_pos:  # (a preempted request restarts at 0)
+                    assert s.start_pos == next_pos[s.request_id]
+                next_pos[s.request_id] = s.start_pos + len(s.token_ids)
             inflight.add(batch)
             pending.append(batch)
+            batches.append(batch)
         batch = pending.pop(0)
         inflight.remove(batch)
         now += 1.0
         sched.update(batch, ExecutorOutput([7 if s.do_sample else None for s in batch.seqs]), now)
         steps += 1
-        assert steps < 500
-    assert len(inflight) == 0 and not sched.running
-    # Hidden requests kept their place: all requests finished with exactly 5 tokens.
+        assert steps < max_steps
+    assert len(inflight) == 0 and not sched.running and not sched.pinned
+    return batches
+
+
+@pytest.mark.parametrize("policy", ["sarathi", "vllm", "orca"])
+def test_in_flight_requests_are_never_scheduled_again(policy):
+    sched = make_scheduler(SchedulerConfig(policy=policy, chunk_size=32, max_num_seqs=8, max_model_len=256),
+                           BlockManager(256, 16))
+    reqs = [make_request(i, 0.0, 20 + 7 * i, 5) for i in range(6)]
+    for r in reqs:
+        sched.add_request(r)
+    _drive_pipeline(sched, 3)
+    assert all(len(r.output_token_ids) == 5 for r in reqs)
+
+
+def test_prefill_chunks_of_one_request_fill_consecutive_micro_batches():
+    # One long prompt, chunk 64, two stages: its 8 chunks go out back to back, not one per round trip.
+    sched = make_scheduler(SchedulerConfig(chunk_size=64, max_num_seqs=8, max_model_len=1024), BlockManager(256, 16))
+    req = make_request(0, 0.0, 512, 3)
+    sched.add_request(req)
+    batches = _drive_pipeline(sched, 2)
+    chunks = [b for b in batches if b.seqs[0].is_prefill]
+    assert [s.start_pos for b in chunks for s in b.seqs] == list(range(0, 512, 64))
+    assert len(batches) == 8 + 2  # eight chunks in eight micro-batches, then two decodes
+    assert len(req.output_token_ids) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pipelined_chunks_survive_kv_pressure(seed):
+    # A cache far too small for the load forces preemptions while chunks are in flight.
+    import random
+
+    rng = random.Random(seed)
+    sched = make_scheduler(SchedulerConfig(chunk_size=rng.choice([16, 32, 48]), max_num_seqs=8, max_model_len=256),
+                           BlockManager(rng.choice([24, 32, 40]), 8))
+    reqs = [make_request(i, 0.0, rng.randint(10, 120), rng.randint(1, 40)) for i in range(12)]
+    for r in reqs:
+        sched.add_request(r)
+    _drive_pipeline(sched, rng.choice([2, 3, 4]), max_steps=5000)
+    assert all(len(r.output_token_ids) == r.sampling_params.max_tokens for r in reqs)
+    assert sched.num_preemptions > 0
+    assert sched.kv.num_requests() == 0
 
 
 def test_running_requests_split_evenly_over_the_micro_batches():

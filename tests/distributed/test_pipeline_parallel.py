@@ -45,3 +45,22 @@ def test_bench_summary_reports_the_bubble_fraction(tiny_llama_dir):
     assert summary["num_completed"] == 6
     assert summary["pipeline"]["num_stages"] == 2
     assert "bubble fraction" in format_summary(summary)
+
+
+def test_pp2_long_prompt_chunks_fill_consecutive_micro_batches(tiny_llama_dir):
+    # A lone 120-token prompt with chunk 16: its chunks run back to back in both micro-batches
+    # (each stage has written a chunk's KV before it meets the next), and the tokens are unchanged.
+    prompt = [(7 * i + 3) % 250 + 1 for i in range(120)]
+    expected = generate_tokens(LLM(tiny_llama_dir, **ENGINE), [prompt])
+    with LLM(tiny_llama_dir, pipeline_parallel_size=2, **ENGINE) as llm:
+        engine = llm.engine
+        engine.add_request(prompt, GREEDY)
+        chunk_batches, tokens = 0, None
+        while engine.has_unfinished_requests():
+            outs = engine.step()
+            chunk_batches = max(chunk_batches, engine.runner.num_in_flight + 1)
+            for out in outs:
+                if out.finished:
+                    tokens = out.outputs[0].token_ids
+        assert [tokens] == expected
+        assert chunk_batches == 2  # two chunks of one request were in the pipeline at once

@@ -62,6 +62,18 @@ def test_pipeline_overlaps_micro_batches_without_double_scheduling(linear_cost):
     assert two.collector.summary()["duration_s"] < 0.75 * one.collector.summary()["duration_s"]
 
 
+def test_pipeline_bubble_of_a_lone_long_prompt_by_hand(linear_cost):
+    # 1024-token prompt, chunk 128, two stages of 64 ms per chunk. Chunks enter back to back:
+    # stage 0 busy 0-512 ms, stage 1 64-576 ms, the token at 576 ms; bubble 1 - 1024/(2 x 576).
+    # (Waiting for each chunk to return would take 8 x 128 ms at a bubble of 50%.)
+    res = _sim(linear_cost(1e-3, 0.0, pp=2), chunk=128, pp=2).run([WorkloadRequest(0.0, 1024, 1)])
+    (r,) = res.collector.requests
+    assert r.ttft == pytest.approx(0.576)
+    pipe = res.collector.summary()["pipeline"]
+    assert pipe["num_micro_batches"] == 8 and pipe["stage_busy_s"] == pytest.approx([0.512, 0.512])
+    assert pipe["bubble_fraction"] == pytest.approx(1 - 1.024 / 1.152)
+
+
 def test_routing_policies(linear_cost):
     from types import SimpleNamespace
 

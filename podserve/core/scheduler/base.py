@@ -37,6 +37,10 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.iteration = 0
         self.num_preemptions = 0
+        self.pinned: set[str] = set()
+        """Ids of running requests that must not be preempted now: under pipeline parallelism,
+        requests whose earlier prefill chunks are still in the pipeline (``core/inflight.py``);
+        their KV is being written by stages that have not run them yet."""
         self._max_total_tokens = min(config.max_model_len, kv.max_request_tokens + 1)
         """A request ends by length on reaching this many tokens: the context limit, or one
         past what the whole KV cache holds (its next decode could never run)."""
@@ -272,9 +276,11 @@ class Scheduler:
         """Find KV for one more token of ``request``, preempting the newest running
         requests if needed. Returns False if ``request`` itself had to be preempted."""
         num_tokens = request.num_computed_tokens + 1
-        grow = self.kv.grow
+        grow, pinned = self.kv.grow, self.pinned
         while not grow(request, num_tokens):
             victim = self.running[-1]
+            if pinned and victim.request_id in pinned:
+                victim = next(r for r in reversed(self.running) if r.request_id not in pinned)
             self._preempt(victim, batch)
             if victim is request:
                 return False
