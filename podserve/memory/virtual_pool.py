@@ -1,11 +1,18 @@
 """The physical virtual-KV pool: contiguous per-layer K/V tensors backed page by page.
 
 Runner-facing it looks like ``PagedKVPool``: ``caches[layer] = (k, v)``, each
-``[max_batch, max_ctx, num_kv_heads, head_dim]``, with ``num_blocks`` = slots and
+``[max_batch + 1, max_ctx, num_kv_heads, head_dim]``, with ``num_blocks`` = slots and
 ``block_size`` = ``max_ctx`` (the degenerate paged layout: block table = ``[slot]``).
 Behind it, one address range holds every layer's K and V; a page of the accounting
 (``VirtualKVManager``) is the same token range in all ``2 * num_layers`` tensors, so
 mapping one page makes ``2 * num_layers`` backend mappings of ``page_bytes`` each.
+
+Slot 0 is the *anchor*: its first page is mapped in every tensor for the pool's whole life
+and no request ever gets it (the manager hands out slots ``1..max_batch``). Each tensor's
+base address is then always backed: Triton's launcher checks every pointer argument with
+``cuPointerGetAttribute``, which rejects an unmapped address, so without the anchor a
+kernel launch (or a CUDA-graph capture at start-up, before any request exists) fails
+whenever slot 0 happens to be unmapped. Padding rows of a batch read and write nothing.
 
 Each iteration the runner calls ``begin_step()`` (apply the manager's plan: unmap
 reclaimed tails once the last iteration's kernels are done, map what this iteration needs,
@@ -70,21 +77,24 @@ class VirtualKVPool:
         self.page_bytes = page_bytes
         self.num_pages = num_pages
         self.pages_per_slot = max_ctx // tokens_per_page
-        self.num_blocks = max_batch  # slots
+        self.max_batch = max_batch
+        self.num_blocks = max_batch + 1  # slots: the anchor, then one per request
         self.block_size = max_ctx  # tokens per slot
         self.slot_bytes = self.pages_per_slot * page_bytes  # per-slot stride: whole pages
-        self.tensor_bytes = max_batch * self.slot_bytes
-        shape = (max_batch, max_ctx, model.num_key_value_heads, model.head_dim)
+        self.tensor_bytes = self.num_blocks * self.slot_bytes
+        shape = (self.num_blocks, max_ctx, model.num_key_value_heads, model.head_dim)
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = [
             (memory.tensor((2 * l) * self.tensor_bytes, shape, dtype), memory.tensor((2 * l + 1) * self.tensor_bytes, shape, dtype))
             for l in range(self.num_layers)
         ]
-        self._mapped = [0] * max_batch  # pages the backend has mapped per slot
+        self._mapped = [0] * self.num_blocks  # pages the backend has mapped per slot
         self._manager: VirtualKVManager | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-map") if background else None
         self._pending: Future | None = None
         self._event = None  # CUDA event after the last iteration's kernels
         self.stats = {"sync_map_s": 0.0, "sync_unmap_s": 0.0, "background_map_s": 0.0, "wait_s": 0.0, "pages_mapped": 0, "pages_unmapped": 0}
+        self._resize(0, 1)  # the anchor page (outside the page budget, never unmapped)
+        self.stats["pages_mapped"] = 0
 
     @property
     def background(self) -> bool:
@@ -103,9 +113,14 @@ class VirtualKVPool:
         max_ctx = pages_per_slot * tokens_per_page
         per_page_all_layers = 2 * model.num_hidden_layers * page_bytes
         num_pages = num_kv_units(cache, device, per_page_all_layers, "one page across all layers", reserve_bytes)
-        size = 2 * model.num_hidden_layers * max_batch * pages_per_slot * page_bytes
+        if cache.num_blocks is None:
+            num_pages -= 1  # a budget in bytes pays for the anchor page too; an explicit page count is for requests
+        if num_pages < 1:
+            raise ValueError(f"the KV memory budget holds no page besides the anchor ({per_page_all_layers} bytes per page across "
+                             "all layers); raise --kv-cache-memory / --gpu-memory-utilization or use --kv paged")
+        size = 2 * model.num_hidden_layers * (max_batch + 1) * pages_per_slot * page_bytes  # + the anchor slot
         try:
-            memory = backend(size, page_bytes, num_pages * 2 * model.num_hidden_layers, device)
+            memory = backend(size, page_bytes, (num_pages + 1) * 2 * model.num_hidden_layers, device)
         except MemoryError as e:
             raise ValueError(
                 f"--kv virtual reserves address space for {max_batch} slots x {max_ctx} tokens x {model.num_hidden_layers} layers "
@@ -116,7 +131,8 @@ class VirtualKVPool:
     # --- wiring --------------------------------------------------------------------------
     def make_manager(self, watermark: float, lookahead_tokens: int) -> VirtualKVManager:
         """The accounting that matches this pool's geometry, bound so ``begin_step`` reads its plan."""
-        self._manager = VirtualKVManager(self.num_blocks, self.block_size, self.tokens_per_page, self.num_pages, watermark, lookahead_tokens)
+        self._manager = VirtualKVManager(self.max_batch, self.block_size, self.tokens_per_page, self.num_pages, watermark, lookahead_tokens,
+                                         first_slot=1)
         return self._manager
 
     def mapped_pages(self, slot: int) -> int:

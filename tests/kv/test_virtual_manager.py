@@ -157,3 +157,22 @@ def test_slots_run_out_before_pages():
 def test_bad_geometry_is_rejected():
     with pytest.raises(ValueError, match="num_pages"):
         VirtualKVManager(max_batch=1, max_ctx=16, tokens_per_page=16, num_pages=0)
+
+
+def test_slots_below_first_slot_are_never_given_out_nor_planned():
+    # The GPU pool keeps slot 0 as its anchor: requests get slots 1..max_batch only.
+    kv = VirtualKVManager(max_batch=3, max_ctx=64, tokens_per_page=16, num_pages=6, lookahead_tokens=16, first_slot=1)
+    backend = FakeBackend(4, 6)
+    for round_ in range(3):
+        reqs = [req(f"r{round_}-{i}", 10 + 10 * i) for i in range(3)]  # 1 + 2 + 2 pages
+        for r in reqs:
+            assert kv.can_admit(r, r.num_tokens)
+            kv.allocate(r, r.num_tokens)
+        assert sorted(kv.slot_of(r) for r in reqs) == [1, 2, 3]
+        plan = kv.take_plan()
+        assert 0 not in plan.required and 0 not in plan.ahead
+        backend.apply(plan)
+        for r in reqs:
+            kv.free(r)
+    kv.reclaim_idle()
+    assert 0 not in kv.take_plan().required and kv.num_free_blocks == kv.num_blocks

@@ -33,9 +33,9 @@ def test_geometry_keeps_slots_page_aligned():
     pool = make_pool(background=False)
     try:
         assert pool.tokens_per_page == 32 and pool.page_bytes == 4096
-        assert pool.block_size == 128 and pool.num_blocks == 3  # max_ctx rounded up to pages; slots
+        assert pool.block_size == 128 and pool.num_blocks == 4  # max_ctx rounded up to pages; anchor + 3 slots
         k, v = pool.caches[0]
-        assert k.shape == (3, 128, 2, 16) and k.is_contiguous()
+        assert k.shape == (4, 128, 2, 16) and k.is_contiguous()
         assert (k.stride(0) * 4) % pool.page_bytes == 0  # per-slot stride: whole pages
         assert v.data_ptr() - k.data_ptr() == pool.tensor_bytes
     finally:
@@ -48,28 +48,31 @@ def test_resident_memory_grows_and_shrinks_with_live_tokens(background):
     kv = pool.make_manager(watermark=0.0, lookahead_tokens=32 if background else 0)
     mem = pool.memory
     page_all_layers = 2 * MODEL.num_hidden_layers * pool.page_bytes
+    anchor = 0  # slot 0's first page: mapped for the pool's life, but never written, so not resident
     try:
+        assert mem.num_mapped == 2 * MODEL.num_hidden_layers and resident_bytes(mem.base, mem.size) == 0
         kv.allocate(req("a"), 70)  # 3 pages
         kv.allocate(req("b"), 20)  # 1 page
         pool.begin_step()
         write_tokens(pool, kv.slot_of(req("a")), 70)
         write_tokens(pool, kv.slot_of(req("b")), 20)
         pool.end_step()
-        assert resident_bytes(mem.base, mem.size) == 4 * page_all_layers
-        expected = [kv.mapped_pages(s) for s in range(3)]
-        assert [pool.mapped_pages(s) for s in range(3)] == expected  # joins the mapping thread
+        assert resident_bytes(mem.base, mem.size) == anchor + 4 * page_all_layers
+        expected = [kv.mapped_pages(s) for s in range(1, 4)]
+        assert [pool.mapped_pages(s) for s in range(1, 4)] == expected  # joins the mapping thread
+        assert 0 not in (kv.slot_of(req("a")), kv.slot_of(req("b")))
         if background:
-            assert expected[kv.slot_of(req("b"))] == 2 and pool.stats["background_map_s"] > 0  # 20 + 32 ahead
+            assert expected[kv.slot_of(req("b")) - 1] == 2 and pool.stats["background_map_s"] > 0  # 20 + 32 ahead
         kv.free(req("a"))
         pool.begin_step()
-        assert resident_bytes(mem.base, mem.size) == 4 * page_all_layers  # deferred reclamation
+        assert resident_bytes(mem.base, mem.size) == anchor + 4 * page_all_layers  # deferred reclamation
         kv.reclaim_idle()
         pool.begin_step()
-        assert resident_bytes(mem.base, mem.size) == 1 * page_all_layers  # b's live page only
+        assert resident_bytes(mem.base, mem.size) == anchor + 1 * page_all_layers  # b's live page only
         kv.free(req("b"))
         kv.reclaim_idle()
         pool.begin_step()
-        assert resident_bytes(mem.base, mem.size) == 0 and mem.num_mapped == 0
+        assert resident_bytes(mem.base, mem.size) == anchor and mem.num_mapped == 2 * MODEL.num_hidden_layers
     finally:
         pool.close()
 
@@ -77,8 +80,8 @@ def test_resident_memory_grows_and_shrinks_with_live_tokens(background):
 def test_reserved_range_is_far_larger_than_memory_used():
     pool = make_pool(background=False, max_batch=64, max_model_len=4096)
     try:
-        assert pool.memory.size == 2 * 2 * 64 * 4096 * 128  # 2 layers x K,V x slots x tokens x bytes
-        assert resident_bytes(pool.memory.base, pool.memory.size) == 0
+        assert pool.memory.size == 2 * 2 * 65 * 4096 * 128  # 2 layers x K,V x (anchor + slots) x tokens x bytes
+        assert resident_bytes(pool.memory.base, pool.memory.size) == 0  # the anchor pages are committed, never touched
     finally:
         pool.close()
 

@@ -62,6 +62,9 @@ class VirtualKVManager:
         lookahead_tokens: running requests get pages mapped ahead for this many more
             tokens, from unmapped pages only (never by reclaiming), so background mapping
             has them ready a few decode steps before need. 0 maps strictly on demand.
+        first_slot: index of the first slot given to requests; slots below it belong to the
+            memory backend (the GPU pool keeps slot 0's first page mapped for good, so that
+            every tensor's base address stays valid for Triton's pointer checks).
     """
 
     def __init__(
@@ -72,13 +75,18 @@ class VirtualKVManager:
         num_pages: int,
         watermark: float = 0.01,
         lookahead_tokens: int = 0,
+        first_slot: int = 0,
     ):
         for name, value in (("max_batch", max_batch), ("max_ctx", max_ctx), ("tokens_per_page", tokens_per_page), ("num_pages", num_pages)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"VirtualKVManager needs {name} >= 1, got {value!r}")
         if lookahead_tokens < 0:
             raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
+        if first_slot < 0:
+            raise ValueError(f"first_slot must be >= 0, got {first_slot}")
         self.max_batch = max_batch
+        self.first_slot = first_slot
+        num_slots = first_slot + max_batch
         self.tokens_per_page = tokens_per_page
         self.pages_per_slot = -(-max_ctx // tokens_per_page)
         self.max_ctx = self.pages_per_slot * tokens_per_page  # the reservation is whole pages
@@ -86,13 +94,13 @@ class VirtualKVManager:
         self.block_size = tokens_per_page
         self.watermark_blocks = int(watermark * num_pages)
         self.lookahead_tokens = lookahead_tokens
-        self._mapped = [0] * max_batch  # pages mapped into each slot (a prefix)
-        self._tokens = [0] * max_batch  # tokens allocated to the slot's owner (0 when free)
+        self._mapped = [0] * num_slots  # pages mapped into each slot (a prefix)
+        self._tokens = [0] * num_slots  # tokens allocated to the slot's owner (0 when free)
         self._slots: dict[str, int] = {}  # request_id -> slot
-        self._free_slots: list[int] = list(range(max_batch))  # oldest-freed first (reclaim order)
+        self._free_slots: list[int] = list(range(first_slot, num_slots))  # oldest-freed first (reclaim order)
         self._num_unmapped = num_pages  # physical pages mapped nowhere
         self._num_held = 0  # pages holding live tokens: sum of blocks_needed(tokens) over owners
-        self._reported = [0] * max_batch  # mapped counts the backend had after the last plan
+        self._reported = [0] * num_slots  # mapped counts the backend had after the last plan
         self.num_pages_mapped_total = 0  # pages the backend was asked to map (driver work)
         self.num_pages_unmapped_total = 0  # pages reclaimed (driver work)
         self.num_slot_reuses = 0  # admissions whose pages were already mapped
@@ -205,7 +213,8 @@ class VirtualKVManager:
         pages, so a background thread can map them while the iteration computes.
         """
         plan = MemoryPlan()
-        for slot in range(self.max_batch):
+        slots = range(self.first_slot, len(self._mapped))
+        for slot in slots:
             if self._mapped[slot] != self._reported[slot]:
                 plan.required[slot] = self._mapped[slot]
         if self.lookahead_tokens:
@@ -216,7 +225,7 @@ class VirtualKVManager:
                     self._mapped[slot] += extra
                     self._num_unmapped -= extra
                     self.num_pages_mapped_total += extra
-        for slot in range(self.max_batch):
+        for slot in slots:
             # A slot in ``required`` always gets an ``ahead`` entry, even if look-ahead
             # brought it back to its old count: the backend's final state is ``ahead``.
             if slot in plan.required or self._mapped[slot] != self._reported[slot]:
