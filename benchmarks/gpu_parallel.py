@@ -28,11 +28,13 @@ import traceback
 from pathlib import Path
 
 
-def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None):
+def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None, attention=None,
+                  enforce_eager=False):
     from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 
     return EngineConfig(
-        model=args.model, device=args.device, dtype=dtype, attention=args.attention, max_model_len=args.max_model_len,
+        model=args.model, device=args.device, dtype=dtype, attention=attention or args.attention, max_model_len=args.max_model_len,
+        enforce_eager=enforce_eager,
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs),
         cache=CacheConfig(block_size=16, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory=kv_cache_memory),
         parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp),
@@ -96,8 +98,9 @@ def part_tokens(args, record) -> None:
     for tp, pp in layouts:
         label = f"tokens tp{tp} pp{pp} {args.check_dtype}"
         try:
-            config = engine_config(args, tp=tp, pp=pp, dtype=args.check_dtype, kv_cache_memory=args.check_kv_bytes)
-            tokens, startup, wall = _tokens_of(config, shape, args.check_tokens)
+            config = engine_config(args, tp=tp, pp=pp, dtype=args.check_dtype, kv_cache_memory=args.check_kv_bytes,
+                                   attention=args.check_attention)
+            tokens, startup, wall, _ = _tokens_of(config, shape, args.check_tokens)
             r = {"part": "tokens", "tp": tp, "pp": pp, "dtype": args.check_dtype, "startup_s": startup, "wall_s": wall}
             if reference is None:
                 reference = tokens
@@ -106,6 +109,24 @@ def part_tokens(args, record) -> None:
         except Exception as e:
             r = {"part": "tokens", "tp": tp, "pp": pp, "error": _error(e)}
         record(label, r)
+    if args.tp > 1:
+        # Tensor-parallel ranks replay captured decode graphs (with their all-reduces inside):
+        # same tokens as the same ranks run eagerly, in the serving dtype and kernels.
+        eager = None
+        for graphs in (False, True):
+            label = f"tokens tp{args.tp} {'graphs' if graphs else 'eager'} {args.attention}"
+            try:
+                config = engine_config(args, tp=args.tp, kv_cache_memory=args.check_kv_bytes, enforce_eager=not graphs)
+                tokens, startup, wall, info = _tokens_of(config, shape, args.check_tokens)
+                r = {"part": "tokens", "tp": args.tp, "pp": 1, "dtype": "auto", "startup_s": startup, "wall_s": wall, **info}
+                if eager is None:
+                    eager = tokens
+                else:
+                    r.update(compare(eager, tokens))
+                    r["reference"] = "eager"
+            except Exception as e:
+                r = {"part": "tokens", "tp": args.tp, "pp": 1, "error": _error(e)}
+            record(label, r)
 
 
 def _tokens_of(config, shape, max_tokens: int):
@@ -117,9 +138,17 @@ def _tokens_of(config, shape, max_tokens: int):
         prompts = prompt_token_ids(shape, engine.model_config.vocab_size, 0)
         t0 = time.perf_counter()
         tokens = greedy_tokens(engine, prompts, max_tokens)
-        return tokens, startup, time.perf_counter() - t0
+        return tokens, startup, time.perf_counter() - t0, _graph_info(engine)
     finally:
         release(engine)
+
+
+def _graph_info(engine) -> dict:
+    """Whether the engine's ranks (or its one runner) replay CUDA graphs, and what start-up skipped."""
+    runner = engine.runner
+    if hasattr(runner, "cuda_graphs"):
+        return {"cuda_graphs": runner.cuda_graphs, "startup_errors": runner.startup_errors}
+    return {"cuda_graphs": getattr(runner, "graphs", None) is not None, "startup_errors": getattr(runner, "startup_errors", [])}
 
 
 def run_workload_result(args, config, workload, part: str) -> dict:
@@ -133,6 +162,7 @@ def run_workload_result(args, config, workload, part: str) -> dict:
     finally:
         kv_blocks = engine.kv.num_blocks
         preemptions = engine.scheduler.num_preemptions
+        info = _graph_info(engine)
         release(engine)
     summary = run.collector.summary()
     out_tokens = sum(w.num_output_tokens for w in workload)
@@ -145,6 +175,8 @@ def run_workload_result(args, config, workload, part: str) -> dict:
         "num_iterations": len(run.collector.iterations), "kv_blocks": kv_blocks, "preemptions": preemptions,
         "bubble_fraction": (summary.get("pipeline") or {}).get("bubble_fraction"),
         "stage_utilization": (summary.get("pipeline") or {}).get("stage_utilization"),
+        "decode_step_p50_s": ((summary.get("iterations") or {}).get("duration_by_kind", {}).get("decode") or {}).get("p50"),
+        **info,
         "summary": summary,
     }
 
@@ -193,13 +225,18 @@ def table(runs: list[dict]) -> str:
             continue
         note = ""
         if r["part"] == "tokens" and "sequences_equal" in r:
-            note = f"{r['sequences_equal']}/{r['num_sequences']} sequences equal to tp1 (equal prefixes {r['equal_prefix_tokens']})"
+            note = (f"{r['sequences_equal']}/{r['num_sequences']} sequences equal to {r.get('reference', 'tp1')} "
+                    f"(equal prefixes {r['equal_prefix_tokens']})")
         if r["part"] == "throughput":
             base.setdefault("tp1", r["output_tok_s"] if r["tp"] == 1 else None)
             if r["tp"] != 1 and base.get("tp1"):
                 note = f"{r['output_tok_s'] / base['tp1']:.2f}x tp1"
         if r["part"] == "bubbles" and r.get("stage_utilization"):
             note = "stage util " + ", ".join(f"{u:.0%}" for u in r["stage_utilization"])
+        if "cuda_graphs" in r and r["part"] != "bubbles":
+            note += f" graphs={'yes' if r['cuda_graphs'] else 'no'}"
+            if r.get("decode_step_p50_s"):
+                note += f", decode step p50 {r['decode_step_p50_s'] * 1e3:.1f} ms"
         tok_s = f"{r['output_tok_s']:.0f}" if "output_tok_s" in r else "-"
         bubble = f"{r['bubble_fraction']:.1%}" if r.get("bubble_fraction") is not None else "-"
         lines.append(f"{label:<34}{tok_s:>11}{r['wall_s']:>9.1f}{r['startup_s']:>9.1f}{bubble:>9}  {note}")
@@ -225,6 +262,8 @@ def main():
     ap.add_argument("--check-prompts", type=int, default=4)
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--check-dtype", default="float32")
+    ap.add_argument("--check-attention", default="torch",
+                    help="attention of the float32 token check (Triton's tiles do not fit shared memory in float32)")
     ap.add_argument("--check-kv-bytes", type=int, default=2 << 30, help="KV pool of the token-check engines (bytes per rank)")
     ap.add_argument("--decode-requests", type=int, default=256)
     ap.add_argument("--decode-prompt-tokens", type=int, default=128)

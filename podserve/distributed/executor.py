@@ -72,6 +72,10 @@ class DistributedExecutor:
             raise
         # Every rank sized its own pool; block ids must be valid on all of them.
         self.num_blocks = min(info["num_blocks"] for info in infos)
+        self.cuda_graphs = all(info.get("cuda_graphs", False) for info in infos)
+        """Every rank replays captured decode graphs (tensor-parallel CUDA ranks)."""
+        self.startup_errors = [f"rank {info['rank']}: {e}" for info in infos for e in info.get("startup_errors", [])]
+        """Start-up optimisations a rank had to skip (graph capture, kernel warm-up), by rank."""
         self._leaders = [rank_of(0, s, self.tp) for s in range(self.pp)]
 
     # --- execution ---------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def worker_main(conn, config, ctx_args: dict, port: int) -> None:
         _report_error(conn)
         return
     try:
-        conn.send(("ready", {"num_blocks": runner.num_blocks, "rank": ctx.rank}))
+        conn.send(("ready", {"num_blocks": runner.num_blocks, "rank": ctx.rank, "cuda_graphs": runner.graphs is not None,
+                             "startup_errors": runner.startup_errors}))
         _serve(conn, ctx, runner)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the engine went away: nothing left to report to

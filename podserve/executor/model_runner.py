@@ -139,10 +139,16 @@ class ModelRunner:
 
     @property
     def use_cuda_graphs(self) -> bool:
-        """On by default on CUDA with a Triton backend; ``enforce_eager`` turns them off."""
+        """On by default on CUDA with a Triton backend; ``enforce_eager`` turns them off.
+
+        Tensor-parallel ranks capture too: every rank receives the same batches and captures
+        the same buckets in the same order, so the all-reduces inside the graphs pair up (NCCL
+        collectives are capturable). Pipeline stages do not: ``PipelineRecv`` waits on the host
+        for the previous stage's activations, which a graph cannot do."""
         from podserve.executor.cuda_graphs import CAPTURABLE_BACKENDS
 
-        return (self._cuda and not self._sharded and not self.config.enforce_eager
+        sharded_ok = not self._sharded or self.config.parallel.pipeline_parallel_size == 1
+        return (self._cuda and sharded_ok and not self.config.enforce_eager
                 and self.config.attention in CAPTURABLE_BACKENDS)
 
     # --- one step ------------------------------------------------------------------------
