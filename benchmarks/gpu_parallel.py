@@ -158,7 +158,10 @@ def run_workload_result(args, config, workload, part: str) -> dict:
     try:
         warm = [w.__class__(0.0, 64, 4) for w in workload[:4]]
         run_workload(engine, warm)
+        timings = getattr(engine.runner, "worker_timings", None)
+        first = len(timings) if timings is not None else 0
         run = run_workload(engine, workload)
+        worker = _worker_split(list(timings)[first:]) if timings is not None else None
     finally:
         kv_blocks = engine.kv.num_blocks
         preemptions = engine.scheduler.num_preemptions
@@ -176,9 +179,24 @@ def run_workload_result(args, config, workload, part: str) -> dict:
         "bubble_fraction": (summary.get("pipeline") or {}).get("bubble_fraction"),
         "stage_utilization": (summary.get("pipeline") or {}).get("stage_utilization"),
         "decode_step_p50_s": ((summary.get("iterations") or {}).get("duration_by_kind", {}).get("decode") or {}).get("p50"),
+        "worker_split_p50": worker,
         **info,
         "summary": summary,
     }
+
+
+def _worker_split(steps: list[list[dict]]) -> list[dict] | None:
+    """Per stage leader, the median of each part of its per-batch time (seconds)."""
+    import statistics
+
+    if not steps:
+        return None
+    out = []
+    for stage in range(len(steps[0])):
+        keys = steps[0][stage].keys()
+        out.append({k: statistics.median(v) if (v := [st[stage][k] for st in steps if st[stage].get(k) is not None]) else None
+                    for k in keys})
+    return out
 
 
 def part_throughput(args, record) -> None:

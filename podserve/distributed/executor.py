@@ -72,6 +72,10 @@ class DistributedExecutor:
             raise
         # Every rank sized its own pool; block ids must be valid on all of them.
         self.num_blocks = min(info["num_blocks"] for info in infos)
+        self.worker_timings: deque[list[dict]] = deque(maxlen=100_000)
+        """Per collected batch, each stage leader's split of its time: ``unpickle_s``,
+        ``busy_s`` (inputs, forward, sampling, device sync), ``enqueue_s`` (host time until the
+        device had the work), ``gpu_s`` (device time; None on CPU)."""
         self.cuda_graphs = all(info.get("cuda_graphs", False) for info in infos)
         """Every rank replays captured decode graphs (tensor-parallel CUDA ranks)."""
         self.startup_errors = [f"rank {info['rank']}: {e}" for info in infos for e in info.get("startup_errors", [])]
@@ -101,12 +105,14 @@ class DistributedExecutor:
         if not self._pending:
             raise RuntimeError("collect() without a submitted batch")
         _, submitted = self._pending.popleft()
-        spans, tokens = [], None
+        spans, tokens, where = [], None, []
         for stage, rank in enumerate(self._leaders):
-            _, start, end, sampled = self._recv(rank, "done")
+            _, start, end, sampled, timing = self._recv(rank, "done")
             spans.append((start, end))
+            where.append(timing)
             if stage == self.pp - 1:
                 tokens = sampled
+        self.worker_timings.append(where)
         return ExecutorOutput(sampled_token_ids=tokens, duration=time.perf_counter() - submitted, stage_spans=spans)
 
     def execute(self, batch: ScheduledBatch) -> ExecutorOutput:

@@ -114,6 +114,7 @@ def _serve(conn, ctx, runner) -> None:
         message = conn.recv()
         if message[0] == "shutdown":
             return
+        t_recv = time.perf_counter()
         batch = pickle.loads(message[1])
         start = time.perf_counter()
         if not ctx.is_last_stage:
@@ -122,12 +123,17 @@ def _serve(conn, ctx, runner) -> None:
         output = runner.execute(batch)
         if cuda:  # compute done (not the activations' send: waiting for the next stage is idle)
             torch.cuda.current_stream(runner.device).synchronize()
+            runner.flush_timings()
         end = time.perf_counter()
         if recv is not None:
             start = max(start, recv.received_at)  # waiting for activations is idle, not busy
         if ctx.is_stage_leader:
             tokens = output.sampled_token_ids if ctx.is_last_stage else None
-            conn.send(("done", start, end, tokens))
+            timing = output.timing
+            where = {"unpickle_s": start - t_recv, "busy_s": end - start,
+                     "enqueue_s": timing.enqueue_s if timing is not None else None,
+                     "gpu_s": timing.gpu_s if timing is not None else None}
+            conn.send(("done", start, end, tokens, where))
 
 
 def _close(runner) -> None:
