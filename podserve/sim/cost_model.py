@@ -122,6 +122,10 @@ class CostModel:
         self._ovh = (ovh.intercept, *ovh.coef) if ovh is not None else (0.0, 0.0, 0.0, 0.0)
         fwd = getattr(self.fitted, "forward", None)
         self._fwd = (fwd.intercept, float(fwd.coef[0])) if fwd is not None else None
+        fwd_g = getattr(self.fitted, "forward_graphed", None)
+        self._fwd_graphed = (fwd_g.intercept, float(fwd_g.coef[0])) if fwd_g is not None else None
+        self._graph_max = int(self.fitted.meta.get("cuda_graph_max_batch") or 0)
+        """Decode-only batches up to this size replay CUDA graphs in the profiled engine."""
 
     # --- the hot path ----------------------------------------------------------------------
     def decode_attention(self, num_decodes: int, sum_kv: int, max_kv: int) -> float:
@@ -152,12 +156,15 @@ class CostModel:
         num_seqs = num_decodes + len(chunks)
         host = o0 + o_seq * num_seqs + o_tok * num_tokens + o_pre * len(chunks)
         stage, lm = self._token_list[num_tokens] + self.layers_per_stage * attn, self._lm_list[num_sampled]
-        if self._fwd is not None:
+        fwd = self._fwd
+        if not chunks and self._fwd_graphed is not None and num_decodes <= self._graph_max:
+            fwd = self._fwd_graphed  # a decode-only step the engine replays as a CUDA graph
+        if fwd is not None:
             # Whole-forward calibration (measured by the profiler's engine phase), spread
             # over stages and LM head in proportion.
             ops = self.pp * stage + lm
             if ops > 0.0:
-                scale = (self._fwd[0] + self._fwd[1] * ops) / ops
+                scale = (fwd[0] + fwd[1] * ops) / ops
                 stage, lm = stage * scale, lm * scale
         return IterationCost(host, stage, lm)
 

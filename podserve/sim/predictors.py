@@ -70,7 +70,11 @@ class FittedProfile:
     forward: LinearPredictor | None = None
     """Calibration of a whole forward (model + LM head) on the operators' sum:
     ``forward = intercept + coef[0] * sum``, fitted on real engine iterations
-    (``engine_forward`` table); None when the profile has none (derived profiles)."""
+    (``engine_forward`` table); None when the profile has none (derived profiles).
+    Fitted on the steps that ran eagerly when the profile also has graphed ones."""
+    forward_graphed: LinearPredictor | None = None
+    """The same calibration for decode-only steps replayed as CUDA graphs (no per-kernel
+    launch cost): used for decode-only batches up to ``meta["cuda_graph_max_batch"]``."""
 
     def errors(self) -> dict[str, dict]:
         """Cross-validated error of every operator: {name: {rows, mape, p90_ape}}."""
@@ -200,7 +204,13 @@ def fit_profile(profile: Profile) -> FittedProfile:
 
     fitted = FittedProfile(meta, profile.content_hash(), linear, elementwise, prefill, decode, overhead,
                            all_reduce, send_recv, peak_flops, peak_bw)
-    fitted.forward = _fit_forward(fitted, profile.table("engine_forward"))
+    rows = profile.table("engine_forward")
+    graphed = [r for r in rows if int(float(r.get("graphed") or 0))]
+    eager = [r for r in rows if not int(float(r.get("graphed") or 0))]
+    # Both against the operators alone (``fitted.forward`` must still be None while fitting).
+    forward_graphed = _fit_forward(fitted, graphed) if "cuda_graph_max_batch" in meta else None
+    fitted.forward = _fit_forward(fitted, eager if len(eager) >= 4 else rows)
+    fitted.forward_graphed = forward_graphed
     fitted.fit_seconds = time.perf_counter() - t0
     return fitted
 

@@ -13,7 +13,8 @@ Tables (every time in seconds, medians over repetitions):
   of decodes whose contexts sum to ``sum_kv`` (longest ``max_kv``).
 - ``cpu_overhead.csv``: ``num_seqs,num_tokens,num_prefills,time_s`` -- per-iteration
   time outside the model forward (scheduling, input preparation, sampling, updates).
-- ``engine_forward.csv``: ``num_decodes,decode_sum_kv,decode_max_kv,prefill_chunks,num_sampled,time_s``
+- ``engine_forward.csv``: ``num_decodes,decode_sum_kv,decode_max_kv,prefill_chunks,num_sampled,time_s`` (and
+  ``graphed``: 1 where the step replayed a CUDA graph; ``meta.json`` then has ``cuda_graph_max_batch``)
   -- whole forwards (model + LM head) of real engine iterations, with the batch that ran
   (``prefill_chunks`` is ``q:start;q:start...``); they calibrate the sum of the operators
   against the forward they make up (optional).

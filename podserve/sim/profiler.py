@@ -271,7 +271,14 @@ class Profiler:
 
         batches: list[ScheduledBatch] = []
         listener = lambda batch, start, end: batches.append(batch)  # noqa: E731
-        model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
+        runner = self.runner
+        graphs = getattr(runner, "graphs", None)
+        # On CUDA the step's own device time (events around forward and sampling) is the
+        # forward: replayed CUDA graphs never call model.forward, and a sync after each
+        # module call would stop the host from running ahead of the device as it does in serving.
+        device_timed = self.device.type == "cuda"
+        if not device_timed:
+            model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
         engine.iteration_listeners.append(listener)
         rows, forwards = [], []
         rng = np.random.default_rng(0)
@@ -294,9 +301,14 @@ class Profiler:
                     if len(batches) == before:
                         continue
                     batch = batches[-1]
+                    graphed = graphs is not None and graphs.can_run(batch)
+                    if device_timed:
+                        runner.flush_timings()
+                        timing = getattr(engine.last_output, "timing", None)
+                        spent[0] = timing.gpu_s if timing is not None and timing.gpu_s is not None else 0.0
                     rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
                                  "num_prefills": batch.num_prefills, "time_s": max(dt - spent[0], 1e-7)})
-                    forwards.append({**batch_shape(batch), "time_s": spent[0]})
+                    forwards.append({**batch_shape(batch), "graphed": int(graphed), "time_s": spent[0]})
         finally:
             model.forward, model.compute_logits = orig_forward, orig_logits
             engine.iteration_listeners.remove(listener)
@@ -326,6 +338,9 @@ class Profiler:
             name = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
             memory = None
         extra = {"device_memory_bytes": memory, "gpu_memory_utilization": self.engine.config.cache.gpu_memory_utilization} if memory else {}
+        graphs = getattr(self.runner, "graphs", None)
+        if graphs is not None:
+            extra["cuda_graph_max_batch"] = max(graphs.buckets)  # decode-only steps up to this size replay graphs
         return base_meta(device=dev.type, device_name=name, model_name=self.engine.model_name, model_config=self.config,
                          dtype=str(self.dtype).removeprefix("torch."), dtype_bytes=torch.tensor([], dtype=self.dtype).element_size(),
                          attention=self.attention, source="podserve-profiler", torch_version=torch.__version__,

@@ -122,3 +122,43 @@ def test_whole_forward_calibration_is_fitted_from_engine_iterations(tmp_path):
     c = CostModel(fitted, config).estimate(8, 8000, 2000, [(256, 0)], 9)
     assert c.stage + c.last_stage_extra == pytest.approx(0.002 + 1.15 * ops(8, 8000, 2000, [(256, 0)], 9), rel=1e-6)
     assert c.host == ops_only.estimate(8, 8000, 2000, [(256, 0)], 9).host  # the CPU overhead is apart
+
+
+def test_graphed_decode_steps_get_their_own_calibration(tmp_path):
+    """A CUDA profile whose decode-only steps replayed graphs (no launch overhead): those rows
+    fit a separate calibration, used for decode-only batches up to the largest graph bucket;
+    hybrid steps and bigger decode batches keep the eager one."""
+    from podserve.model.presets import preset_config
+    from podserve.sim.derive import derive_profile
+    from podserve.sim.predictors import fit_profile
+
+    config = preset_config("llama-3-8b")
+    profile = derive_profile("llama-3-8b", config)
+    ops_only = CostModel(fit_profile(profile), config)
+
+    def ops(nd, chunks):
+        c = ops_only.estimate(nd, 300 * nd, 400, chunks, nd + len(chunks))
+        return c.stage + c.last_stage_extra
+
+    rows = []
+    for nd in (1, 2, 4, 8, 16, 32, 64):
+        for chunks, graphed in (([], 1), ([(128, 0)], 0), ([(512, 256)], 0)):
+            t = 0.0005 + 0.9 * ops(nd, chunks) if graphed else 0.004 + 1.2 * ops(nd, chunks)
+            rows.append({"num_decodes": nd, "decode_sum_kv": 300 * nd, "decode_max_kv": 400,
+                         "prefill_chunks": ";".join(f"{q}:{st}" for q, st in chunks), "num_sampled": nd + len(chunks),
+                         "graphed": graphed, "time_s": t})
+    profile.tables["engine_forward"] = rows
+    profile.meta["cuda_graph_max_batch"] = 64
+    profile.save(tmp_path)
+    fitted = fit_profile(load_profile(tmp_path))
+    assert fitted.forward.coef[0] == pytest.approx(1.2, rel=0.02)
+    assert fitted.forward_graphed.coef[0] == pytest.approx(0.9, rel=0.02)
+    cm = CostModel(fitted, config)
+
+    def fwd(nd, chunks):
+        c = cm.estimate(nd, 300 * nd, 400, chunks, nd + len(chunks))
+        return c.stage + c.last_stage_extra
+
+    assert fwd(32, []) == pytest.approx(0.0005 + 0.9 * ops(32, []), rel=1e-6)  # graphed
+    assert fwd(32, [(128, 0)]) == pytest.approx(0.004 + 1.2 * ops(32, [(128, 0)]), rel=1e-6)  # hybrid: eager
+    assert fwd(128, []) == pytest.approx(0.004 + 1.2 * ops(128, []), rel=1e-6)  # beyond the buckets: eager
