@@ -1,0 +1,184 @@
+"""Simulator fidelity on a GPU (issue 8): profile the model here, then run the same
+Poisson workloads through the real engine and through the simulator, per policy and rate.
+
+    python3 benchmarks/gpu_sim_fidelity.py --trace .gpu/arxiv.csv            # one H100, ~4-5 min
+    python benchmarks/gpu_sim_fidelity.py --device cpu --model tiny-llama --smoke   # CPU check
+
+Steps: ``podserve profile`` on this device (the engine's own modules, attention backend and
+CUDA graphs; graphed decode steps get their own calibration), fit the cost model, free the
+profiler's engine; then for each ``--schedulers`` policy one engine (same dtype, attention,
+context and graphs as profiled) serves each ``--qps`` rate, and the simulator replays the
+same requests with that engine's scheduler config and KV block count. Compared: P50/P90 of
+TTFT, TBT, E2E and request throughput (``podserve.sim.fidelity.compare``).
+
+Writes ``$OUT/sim_fidelity_gpu.json`` (rewritten after every run) and the profile under
+``$OUT/profile``; prints a compact table last. ``--budget-s`` skips what would not fit.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--attention", default=None, help="default: triton on CUDA, torch on CPU")
+    ap.add_argument("--trace", default="arxiv")
+    ap.add_argument("--schedulers", default="sarathi,vllm")
+    ap.add_argument("--qps", default="1.0,2.0", help="Poisson rates (requests/s), comma-separated")
+    ap.add_argument("--num-requests", type=int, default=48)
+    ap.add_argument("--max-prompt-tokens", type=int, default=7168)
+    ap.add_argument("--max-output-tokens", type=int, default=256)
+    ap.add_argument("--length-scale", type=float, default=1.0)
+    ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=128)
+    ap.add_argument("--max-model-len", type=int, default=8192)
+    ap.add_argument("--grid", default="full", choices=["full", "quick"])
+    ap.add_argument("--budget-s", type=float, default=420.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script on CPU in seconds")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args(argv)
+    if args.attention is None:
+        args.attention = "triton" if args.device.startswith("cuda") else "torch"
+    if args.smoke:
+        args.num_requests, args.max_prompt_tokens, args.max_output_tokens = 6, 96, 8
+        args.max_model_len, args.chunk_size, args.max_num_seqs, args.grid = 256, 64, 8, "quick"
+        args.length_scale = 0.02
+        args.qps = ",".join(args.qps.split(",")[:1])
+    t_start = time.perf_counter()
+
+    import torch
+
+    from podserve.bench.runner import run_workload
+    from podserve.bench.workloads import WorkloadConfig, generate
+    from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+    from podserve.engine.engine import Engine
+    from podserve.sim.fidelity import compare, run_sim
+    from podserve.sim.predictors import fit_profile
+    from podserve.sim.profiler import ProfileGrid, Profiler
+
+    out = Path(args.out) if args.out else None
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name, "torch": torch.__version__,
+               "args": vars(args), "profile": {}, "runs": []}
+
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - t_start)
+
+    def save() -> None:
+        results["elapsed_s"] = time.perf_counter() - t_start
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "sim_fidelity_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+
+    # 1. Profile on this device, as `podserve profile` does.
+    t0 = time.perf_counter()
+    grid = ProfileGrid.quick() if args.grid == "quick" else ProfileGrid()
+    if args.smoke:
+        grid = ProfileGrid(tokens=(1, 8, 64), lm_head_tokens=(1, 8), prefill_q=(16, 64), prefill_prefix=(0, 64),
+                           decode_batch=(1, 4), decode_ctx=(32, 128), overhead_batches=(1, 4), engine_prompt_tokens=(16, 64),
+                           engine_output_tokens=6, time_budget_s=0.002, passes=1)
+    profiler = Profiler(args.model, device=args.device, dtype="auto", attention=args.attention, grid=grid,
+                        max_model_len=args.max_model_len, progress=lambda m: print(f"[profile] {m}", flush=True))
+    profile = profiler.run()
+    if out is not None:
+        profile.save(out / "profile")
+    fitted = fit_profile(profile)
+    engine_forward = profile.table("engine_forward")
+    results["profile"] = {"seconds": time.perf_counter() - t0, "fit_seconds": fitted.fit_seconds,
+                          "cuda_graph_max_batch": profile.meta.get("cuda_graph_max_batch"),
+                          "engine_steps": len(engine_forward),
+                          "graphed_steps": sum(int(float(r.get("graphed") or 0)) for r in engine_forward),
+                          "cv_errors": {k: v for k, v in fitted.errors().items()}}
+    print(f"profiled in {results['profile']['seconds']:.0f}s ({len(engine_forward)} engine steps, "
+          f"{results['profile']['graphed_steps']} graphed)", flush=True)
+    del profiler
+    free_memory()
+    save()
+
+    # 2. Engine vs simulator, per policy and rate.
+    rates = [float(x) for x in args.qps.split(",")]
+    for policy in args.schedulers.split(","):
+        if left() < 40:
+            results["runs"].append({"scheduler": policy, "skipped": f"budget ({left():.0f}s left)"})
+            continue
+        sched = SchedulerConfig(policy=policy, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
+                                max_model_len=args.max_model_len)
+        engine = Engine(EngineConfig(model=args.model, device=args.device, dtype="auto", attention=args.attention,
+                                     max_model_len=args.max_model_len, scheduler=sched, cache=CacheConfig()))
+        try:
+            wl_warm = generate(WorkloadConfig(num_requests=4, lengths="fixed", prompt_tokens=64, output_tokens=4,
+                                              arrival="static", seed=args.seed))
+            run_workload(engine, wl_warm, detokenize=False)
+            for qps in rates:
+                wl = generate(WorkloadConfig(num_requests=args.num_requests, trace=args.trace, qps=qps,
+                                             max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+                                             length_scale=args.length_scale, seed=args.seed))
+                expect = wl[-1].arrival_time + 10.0
+                if left() < expect + 10:
+                    results["runs"].append({"scheduler": policy, "qps": qps, "skipped": f"budget ({left():.0f}s left, "
+                                                                                        f"needs ~{expect:.0f}s)"})
+                    continue
+                t_run = time.perf_counter()
+                run = run_workload(engine, wl, detokenize=False)
+                measured = run.collector.summary()
+                simulated = run_sim(fitted, engine, wl).collector.summary()
+                report = compare(measured, simulated)
+                entry = {"scheduler": policy, "qps": qps, "requests": len(wl), "wall_s": time.perf_counter() - t_run,
+                         "median_abs_error": report.median_abs_error, "rows": report.rows,
+                         "engine": {k: measured.get(k) for k in ("ttft", "tbt", "e2e", "throughput_requests_per_s",
+                                                                 "throughput_output_tokens_per_s", "num_preemptions")},
+                         "simulated": {k: simulated.get(k) for k in ("ttft", "tbt", "e2e", "throughput_requests_per_s",
+                                                                     "throughput_output_tokens_per_s", "num_preemptions")}}
+                results["runs"].append(entry)
+                print(f"[{policy} @ {qps} req/s] median abs error {report.median_abs_error:.1%}\n{report.format()}", flush=True)
+                save()
+        finally:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+            del engine
+            free_memory()
+    save()
+
+    # 3. The table.
+    done = [r for r in results["runs"] if "rows" in r]
+    print(f"\nsimulator fidelity on {device_name} ({args.model}, {args.attention}; profile {results['profile']['seconds']:.0f}s, "
+          f"total {time.perf_counter() - t_start:.0f}s)")
+    if done:
+        metrics = [row["metric"] for row in done[0]["rows"]]
+        short = [m.split(" (")[0] for m in metrics]
+        print(f"{'policy':<9}{'qps':>6}" + "".join(f"{m:>16}" for m in short) + f"{'median |err|':>14}")
+        for r in done:
+            errs = "".join(f"{row['error']:>+16.1%}" for row in r["rows"])
+            print(f"{r['scheduler']:<9}{r['qps']:>6.2f}{errs}{r['median_abs_error']:>14.1%}")
+        import statistics
+
+        overall = statistics.median(abs(row["error"]) for r in done for row in r["rows"])
+        results["overall_median_abs_error"] = overall
+        print(f"overall median absolute error: {overall:.1%} (target < 5%)")
+    for r in results["runs"]:
+        if "skipped" in r:
+            print(f"skipped {r['scheduler']} {r.get('qps', '')}: {r['skipped']}")
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
