@@ -391,6 +391,64 @@ def run_prefill_section(dtype, device, dry):
     return rows
 
 
+def run_vattn_prefill_section(dtype, device, dry):
+    """Issue 7: chunked prefill attention as the engine runs it. Own Triton prefill over
+    paged KV (16-token blocks, the default) and over contiguous KV, against SDPA on one
+    request's contiguous slot view -- what ``--attention sdpa --kv virtual`` calls: native
+    GQA (``enable_gqa``) with a lower-right ``CausalBias`` after a prefix, and, for
+    comparison, the K/V expanded to every query head first (expansion timed)."""
+    from torch.nn.attention.bias import causal_lower_right
+    rows = []
+    shapes = [(512, 0), (512, 2048), (512, 6144), (2048, 0), (2048, 4096)] if not dry else [(32, 0), (16, 40)]
+    hq, hkv = MODELS["L3-8B-TP1"]
+    g = hq // hkv
+    for chunk, prefix in shapes:
+        flops = 4.0 * hq * HEAD_DIM * chunk * (prefix + (chunk + 1) / 2)
+        row = dict(chunk=chunk, prefix=prefix)
+        for label, bsz in (("paged16", 16), ("contig", None)):
+            x = Inputs(hq, hkv, [], [(prefix, chunk)], bsz, dtype, device, 1 if dry else 2, dense=(bsz is None))
+            ms, _ = time_ms(own_calls(x)["prefill"], x.rotations, dry)
+            row[f"own_{label}_ms"], row[f"own_{label}_tflops"] = ms, flops / ms / 1e9
+        n = prefix + chunk
+        mask = "square" if prefix == 0 else causal_lower_right(chunk, n)
+        views = []
+        for r in range(x.rotations):
+            slot = int(x.block_tables[r][0, 0])
+            k = x.k_cache[slot, :n].transpose(0, 1)[None]  # [1, Hkv, n, D] view of the slot
+            v = x.v_cache[slot, :n].transpose(0, 1)[None]
+            q = x.q[r].transpose(0, 1)[None]  # [1, Hq, chunk, D]
+            views.append((q, k, v))
+        for name, be in sdpa_backends(dry).items():
+            for variant in ("gqa", "expand"):
+                def fn(r, be=be, variant=variant):
+                    q, k, v = views[r]
+                    if variant == "expand":
+                        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+                    return sdpa_call_gqa(be, q, k, v, mask, variant == "gqa")
+                try:
+                    fn(0)
+                    ms, _ = time_ms(fn, x.rotations, dry, graph=False)
+                    row[f"{name}_{variant}_ms"], row[f"{name}_{variant}_tflops"] = ms, flops / ms / 1e9
+                except Exception as e:
+                    row[f"{name}_{variant}_ms"] = f"n/a: {type(e).__name__}: {str(e).splitlines()[0][:60]}"
+        best = {k[:-3]: v for k, v in row.items() if k.endswith("_ms") and not k.startswith("own") and isinstance(v, float)}
+        if best:
+            name = min(best, key=best.get)
+            row["best_sdpa"], row["best_sdpa_vs_paged16"] = name, row["own_paged16_ms"] / best[name]
+        rows.append(row)
+        del x, views
+    return rows
+
+
+def sdpa_call_gqa(backend, q, k, v, mask, gqa):
+    """Like ``sdpa_call`` but with ``enable_gqa`` for the lower-right mask too (newer torch)."""
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel([backend]):
+        if mask == "square":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 def copy_bandwidth(device, dry) -> float:
     """Device-to-device copy rate in bytes/s (read + write counted)."""
     n = (1 << 30) if not dry else (1 << 20)
@@ -669,6 +727,11 @@ def main() -> None:
         save()
         for r in result["prefill"]:
             print("prefill", json.dumps(r), flush=True)
+    if "vattn_prefill" in sections:
+        result["vattn_prefill"] = run_vattn_prefill_section(dtype, device, dry)
+        save()
+        for r in result["vattn_prefill"]:
+            print("vattn_prefill", json.dumps(r, default=str), flush=True)
     if "decode" in sections:
         result["decode"] = run_decode_section(dtype, device, dry, copy_bw)
         save()
@@ -702,6 +765,13 @@ def main() -> None:
             print(f"  {r['chunk']}@{r['prefix']}: own {r['own_tflops']:.0f}"
                   + "".join(f" {n} {fmt(r.get(n + '_tflops'), '.0f')}"
                             for n in ("flash", "cudnn", "efficient", "math") if n + "_ms" in r))
+    if "vattn_prefill" in sections:
+        print("\nvattn prefill ms (L3-8B TP1 heads; own Triton paged16/contig vs SDPA on the slot view):")
+        for r in result["vattn_prefill"]:
+            sd = " ".join(f"{k[:-3]} {fmt(v, '.3f')}" for k, v in r.items()
+                          if k.endswith("_ms") and not k.startswith("own") and isinstance(v, float))
+            print(f"  {r['chunk']}@{r['prefix']}: paged16 {r['own_paged16_ms']:.3f} contig {r['own_contig_ms']:.3f} | {sd}"
+                  f" | best {r.get('best_sdpa')} {fmt(r.get('best_sdpa_vs_paged16'), '.2f')}x paged16")
     if "decode" in sections:
         print(f"\ndecode TB/s (copy {copy_bw / 1e12:.2f} TB/s):")
         for r in result["decode"]:

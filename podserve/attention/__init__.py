@@ -5,11 +5,17 @@ from podserve.attention.base import AttentionBackend, AttentionMetadata
 
 
 def make_backend(name: str) -> AttentionBackend:
-    """Backend by name: torch (reference), triton (serial kernels), pod (fused kernel)."""
+    """Backend by name: torch (reference), triton (serial kernels), pod (fused kernel),
+    sdpa (torch SDPA prefill on contiguous per-request K/V, for --kv virtual; Triton decode)."""
     if name == "torch":
         from podserve.attention.torch_ref import TorchAttentionBackend
 
         return TorchAttentionBackend()
+    if name == "sdpa":
+        _check_triton_runs(name)
+        from podserve.attention.sdpa import SdpaAttention
+
+        return SdpaAttention()
     if name in ("triton", "pod"):
         _check_triton_runs(name)
         if name == "triton":
@@ -19,7 +25,7 @@ def make_backend(name: str) -> AttentionBackend:
         from podserve.attention.pod import PodAttention
 
         return PodAttention()
-    raise ValueError(f"unknown attention backend {name!r}; available: torch, triton, pod")
+    raise ValueError(f"unknown attention backend {name!r}; available: torch, triton, pod, sdpa")
 
 
 def _check_triton_runs(name: str) -> None:

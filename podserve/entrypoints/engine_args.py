@@ -33,7 +33,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv", default="paged", choices=["paged", "virtual"], help="KV cache layout: paged blocks, or virtual (contiguous per request, physical pages mapped on demand) (default: paged)")
     g.add_argument("--kv-page-size", type=parse_bytes, default=None, help="--kv virtual: bytes of one physical page per layer K/V (default: 2MiB granule on CUDA, ~64KiB on CPU)")
     g.add_argument("--kv-sync-map", action="store_true", help="--kv virtual: map pages synchronously on demand instead of ahead on a background thread")
-    g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod"], help="attention backend (default: torch reference)")
+    g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod", "sdpa"],
+                   help="attention backend (default: torch reference; sdpa: FlashAttention/cuDNN prefill through torch SDPA, for --kv virtual)")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: run every iteration eagerly (graphs are captured by default on CUDA with --attention triton/pod)")
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="split every layer over N worker processes (one per GPU on CUDA); N must divide the attention heads (default: 1)")

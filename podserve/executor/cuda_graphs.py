@@ -24,7 +24,7 @@ import torch
 from podserve.core.batch import ScheduledBatch
 from podserve.executor.inputs import InputBuffers
 
-CAPTURABLE_BACKENDS = ("triton", "pod")
+CAPTURABLE_BACKENDS = ("triton", "pod", "sdpa")  # decode-only graphs: sdpa decodes with the Triton kernel
 
 
 def graph_buckets(max_num_seqs: int) -> list[int]:

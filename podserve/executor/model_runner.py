@@ -269,7 +269,7 @@ class ModelRunner:
         """Compile every Triton kernel variant serving can need before the first request:
         decodes split and unsplit, a prefill chunk, and (pod) the fused kernel with and
         without decode splits. Paged KV only; the blocks written are all free at start-up."""
-        if self._virtual or self.config.attention not in ("triton", "pod"):
+        if self._virtual or self.config.attention not in ("triton", "pod", "sdpa"):
             return
         bs = self.kv_pool.block_size
         long_ctx = min(self.max_model_len, self.num_blocks * bs) - 1
