@@ -4,9 +4,9 @@ Poisson workloads through the real engine and through the simulator, per policy 
     python3 benchmarks/gpu_sim_fidelity.py --trace .gpu/arxiv.csv            # one H100, ~4-5 min
     python benchmarks/gpu_sim_fidelity.py --device cpu --model tiny-llama --smoke   # CPU check
 
-Steps: ``podserve profile`` on this device (the engine's own modules, attention backend and
-CUDA graphs; graphed decode steps get their own calibration), fit the cost model, free the
-profiler's engine; then for each ``--schedulers`` policy one engine (same dtype, attention,
+Steps: ``podserve profile`` on this device in a child process (the engine's own modules,
+attention backend and CUDA graphs; graphed decode steps get their own calibration), fit the
+cost model; then for each ``--schedulers`` policy one engine (same dtype, attention,
 context and graphs as profiled) serves each ``--qps`` rate, and the simulator replays the
 same requests with that engine's scheduler config and KV block count. Compared: P50/P90 of
 TTFT, TBT, E2E and request throughput (``podserve.sim.fidelity.compare``).
@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def free_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _profile_child(model, device, attention, max_model_len, grid_name, smoke, directory) -> None:
+    from podserve.sim.profiler import ProfileGrid, Profiler
+
+    grid = ProfileGrid.quick() if grid_name == "quick" else ProfileGrid()
+    if smoke:
+        grid = ProfileGrid(tokens=(1, 8, 64), lm_head_tokens=(1, 8), prefill_q=(16, 64), prefill_prefix=(0, 64),
+                           decode_batch=(1, 4), decode_ctx=(32, 128), overhead_batches=(1, 4), engine_prompt_tokens=(16, 64),
+                           engine_output_tokens=6, time_budget_s=0.002, passes=1)
+    profiler = Profiler(model, device=device, dtype="auto", attention=attention, grid=grid, max_model_len=max_model_len,
+                        progress=lambda m: print(f"[profile] {m}", flush=True))
+    profiler.run().save(directory)
 
 
 def main(argv=None) -> int:
@@ -71,7 +85,7 @@ def main(argv=None) -> int:
     from podserve.engine.engine import Engine
     from podserve.sim.fidelity import compare, run_sim
     from podserve.sim.predictors import fit_profile
-    from podserve.sim.profiler import ProfileGrid, Profiler
+    from podserve.sim.profile_io import load_profile
 
     out = Path(args.out) if args.out else None
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -87,18 +101,22 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / "sim_fidelity_gpu.json").write_text(json.dumps(results, indent=1, default=str))
 
-    # 1. Profile on this device, as `podserve profile` does.
+    # 1. Profile on this device as `podserve profile` does, in a child process: its engine's
+    # KV pool and graph pools are gone when it exits, whatever still references them.
     t0 = time.perf_counter()
-    grid = ProfileGrid.quick() if args.grid == "quick" else ProfileGrid()
-    if args.smoke:
-        grid = ProfileGrid(tokens=(1, 8, 64), lm_head_tokens=(1, 8), prefill_q=(16, 64), prefill_prefix=(0, 64),
-                           decode_batch=(1, 4), decode_ctx=(32, 128), overhead_batches=(1, 4), engine_prompt_tokens=(16, 64),
-                           engine_output_tokens=6, time_budget_s=0.002, passes=1)
-    profiler = Profiler(args.model, device=args.device, dtype="auto", attention=args.attention, grid=grid,
-                        max_model_len=args.max_model_len, progress=lambda m: print(f"[profile] {m}", flush=True))
-    profile = profiler.run()
-    if out is not None:
-        profile.save(out / "profile")
+    profile_dir = (out / "profile") if out is not None else Path(tempfile.mkdtemp(prefix="podserve-profile-"))
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(
+        target=_profile_child, args=(args.model, args.device, args.attention, args.max_model_len, args.grid, args.smoke,
+                                     str(profile_dir)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        results["profile"] = {"error": f"profiling process exited with {child.exitcode}"}
+        save()
+        return 1
+    profile = load_profile(profile_dir)
     fitted = fit_profile(profile)
     engine_forward = profile.table("engine_forward")
     results["profile"] = {"seconds": time.perf_counter() - t0, "fit_seconds": fitted.fit_seconds,
@@ -108,8 +126,6 @@ def main(argv=None) -> int:
                           "cv_errors": {k: v for k, v in fitted.errors().items()}}
     print(f"profiled in {results['profile']['seconds']:.0f}s ({len(engine_forward)} engine steps, "
           f"{results['profile']['graphed_steps']} graphed)", flush=True)
-    del profiler
-    free_memory()
     save()
 
     # 2. Engine vs simulator, per policy and rate.

@@ -35,7 +35,8 @@ def test_sdpa_backend_matches_reference(block_size, dtype):
     write_kv_ref(b.k, b.v, b.k_cache, b.v_cache, b.slot_mapping)
     assert torch.equal(k_cache, b.k_cache) and torch.equal(v_cache, b.v_cache)
     ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    # float32 on CUDA: SDPA's kernels and the Triton dots use TF32 (10-bit mantissa).
+    tol = (5e-3 if b.q.is_cuda else 1e-4) if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
