@@ -37,7 +37,7 @@ def free_memory() -> None:
 def _profile_child(model, device, attention, max_model_len, grid_name, smoke, directory) -> None:
     from podserve.sim.profiler import ProfileGrid, Profiler
 
-    grid = ProfileGrid.quick() if grid_name == "quick" else ProfileGrid()
+    grid = ProfileGrid.quick() if grid_name == "quick" else None  # None: the device's default grid
     if smoke:
         grid = ProfileGrid(tokens=(1, 8, 64), lm_head_tokens=(1, 8), prefill_q=(16, 64), prefill_prefix=(0, 64),
                            decode_batch=(1, 4), decode_ctx=(32, 128), overhead_batches=(1, 4), engine_prompt_tokens=(16, 64),
@@ -45,6 +45,58 @@ def _profile_child(model, device, attention, max_model_len, grid_name, smoke, di
     profiler = Profiler(model, device=device, dtype="auto", attention=attention, grid=grid, max_model_len=max_model_len,
                         progress=lambda m: print(f"[profile] {m}", flush=True))
     profiler.run().save(directory)
+
+
+def _policy_child(arg_dict: dict, policy: str, profile_dir: str, budget_s: float, entries_file: str) -> None:
+    """One policy: an engine (as profiled) serves each rate; the simulator replays each."""
+    from types import SimpleNamespace
+
+    from podserve.bench.runner import run_workload
+    from podserve.bench.workloads import WorkloadConfig, generate
+    from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+    from podserve.engine.engine import Engine
+    from podserve.sim.fidelity import compare, run_sim
+    from podserve.sim.predictors import fit_profile
+    from podserve.sim.profile_io import load_profile
+
+    args = SimpleNamespace(**arg_dict)
+    t0 = time.perf_counter()
+    fitted = fit_profile(load_profile(profile_dir))
+    entries = []
+
+    def save():
+        Path(entries_file).write_text(json.dumps(entries, default=str))
+
+    sched = SchedulerConfig(policy=policy, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
+                            max_model_len=args.max_model_len)
+    engine = Engine(EngineConfig(model=args.model, device=args.device, dtype="auto", attention=args.attention,
+                                 max_model_len=args.max_model_len, scheduler=sched, cache=CacheConfig()))
+    run_workload(engine, generate(WorkloadConfig(num_requests=4, lengths="fixed", prompt_tokens=64, output_tokens=4,
+                                                 arrival="static", seed=args.seed)), detokenize=False)  # warm-up
+    for qps in [float(x) for x in args.qps.split(",")]:
+        wl = generate(WorkloadConfig(num_requests=args.num_requests, trace=args.trace, qps=qps,
+                                     max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+                                     length_scale=args.length_scale, seed=args.seed))
+        expect = wl[-1].arrival_time + 10.0
+        left = budget_s - (time.perf_counter() - t0)
+        if left < expect + 10:
+            entries.append({"scheduler": policy, "qps": qps, "skipped": f"budget ({left:.0f}s left, needs ~{expect:.0f}s)"})
+            save()
+            continue
+        t_run = time.perf_counter()
+        run = run_workload(engine, wl, detokenize=False)
+        measured = run.collector.summary()
+        simulated = run_sim(fitted, engine, wl).collector.summary()
+        report = compare(measured, simulated)
+        keys = ("ttft", "tbt", "e2e", "throughput_requests_per_s", "throughput_output_tokens_per_s", "num_preemptions")
+        entries.append({"scheduler": policy, "qps": qps, "requests": len(wl), "wall_s": time.perf_counter() - t_run,
+                        "median_abs_error": report.median_abs_error, "rows": report.rows,
+                        "engine": {k: measured.get(k) for k in keys}, "simulated": {k: simulated.get(k) for k in keys}})
+        print(f"[{policy} @ {qps} req/s] median abs error {report.median_abs_error:.1%}\n{report.format()}", flush=True)
+        save()
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 def main(argv=None) -> int:
@@ -79,11 +131,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    from podserve.bench.runner import run_workload
-    from podserve.bench.workloads import WorkloadConfig, generate
-    from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
-    from podserve.engine.engine import Engine
-    from podserve.sim.fidelity import compare, run_sim
     from podserve.sim.predictors import fit_profile
     from podserve.sim.profile_io import load_profile
 
@@ -128,49 +175,23 @@ def main(argv=None) -> int:
           f"{results['profile']['graphed_steps']} graphed)", flush=True)
     save()
 
-    # 2. Engine vs simulator, per policy and rate.
-    rates = [float(x) for x in args.qps.split(",")]
+    # 2. Engine vs simulator, per policy and rate; each policy's engine in its own process too.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
     for policy in args.schedulers.split(","):
         if left() < 40:
             results["runs"].append({"scheduler": policy, "skipped": f"budget ({left():.0f}s left)"})
             continue
-        sched = SchedulerConfig(policy=policy, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs,
-                                max_model_len=args.max_model_len)
-        engine = Engine(EngineConfig(model=args.model, device=args.device, dtype="auto", attention=args.attention,
-                                     max_model_len=args.max_model_len, scheduler=sched, cache=CacheConfig()))
-        try:
-            wl_warm = generate(WorkloadConfig(num_requests=4, lengths="fixed", prompt_tokens=64, output_tokens=4,
-                                              arrival="static", seed=args.seed))
-            run_workload(engine, wl_warm, detokenize=False)
-            for qps in rates:
-                wl = generate(WorkloadConfig(num_requests=args.num_requests, trace=args.trace, qps=qps,
-                                             max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
-                                             length_scale=args.length_scale, seed=args.seed))
-                expect = wl[-1].arrival_time + 10.0
-                if left() < expect + 10:
-                    results["runs"].append({"scheduler": policy, "qps": qps, "skipped": f"budget ({left():.0f}s left, "
-                                                                                        f"needs ~{expect:.0f}s)"})
-                    continue
-                t_run = time.perf_counter()
-                run = run_workload(engine, wl, detokenize=False)
-                measured = run.collector.summary()
-                simulated = run_sim(fitted, engine, wl).collector.summary()
-                report = compare(measured, simulated)
-                entry = {"scheduler": policy, "qps": qps, "requests": len(wl), "wall_s": time.perf_counter() - t_run,
-                         "median_abs_error": report.median_abs_error, "rows": report.rows,
-                         "engine": {k: measured.get(k) for k in ("ttft", "tbt", "e2e", "throughput_requests_per_s",
-                                                                 "throughput_output_tokens_per_s", "num_preemptions")},
-                         "simulated": {k: simulated.get(k) for k in ("ttft", "tbt", "e2e", "throughput_requests_per_s",
-                                                                     "throughput_output_tokens_per_s", "num_preemptions")}}
-                results["runs"].append(entry)
-                print(f"[{policy} @ {qps} req/s] median abs error {report.median_abs_error:.1%}\n{report.format()}", flush=True)
-                save()
-        finally:
-            close = getattr(engine, "close", None)
-            if close is not None:
-                close()
-            del engine
-            free_memory()
+        entries_file = Path(tempfile.mkdtemp(prefix="podserve-fid-")) / "entries.json"
+        child = ctx.Process(target=_policy_child, args=(vars(args), policy, str(profile_dir), left(), str(entries_file)))
+        child.start()
+        child.join()
+        entries = json.loads(entries_file.read_text()) if entries_file.exists() else []
+        if child.exitcode != 0:
+            entries.append({"scheduler": policy, "error": f"engine process exited with {child.exitcode}"})
+        results["runs"].extend(entries)
+        save()
     save()
 
     # 3. The table.

@@ -105,7 +105,7 @@ def cmd_profile(args) -> int:
     else:
         from podserve.sim.profiler import ProfileGrid, Profiler
 
-        grid = ProfileGrid.quick() if args.quick else ProfileGrid()
+        grid = ProfileGrid.quick() if args.quick else None  # None: the device's default grid (longer engine phase on CUDA)
         profile = Profiler(args.model, args.device, args.dtype, args.attention, grid, threads=args.threads,
                            clock=args.clock).run()
     if args.add_network:

@@ -47,6 +47,13 @@ class ProfileGrid:
     machine, other processes' bursts last seconds: separate sweeps see different bursts."""
 
     @classmethod
+    def gpu(cls) -> "ProfileGrid":
+        """The default grid with an engine phase that reaches serving-sized steps: prompts up
+        to 4096 tokens, so 512-token chunks at long contexts and 48-request decode batches
+        are in the whole-forward calibration rather than extrapolated to."""
+        return cls(engine_prompt_tokens=(16, 4096), engine_output_tokens=16)
+
+    @classmethod
     def quick(cls) -> "ProfileGrid":
         return cls(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), lm_head_tokens=(1, 4, 16, 64),
                    prefill_q=(16, 64, 256, 512, 1024), prefill_prefix=(0, 512, 1536),
@@ -120,7 +127,7 @@ class Profiler:
             # serve with the same, preferably single, thread count.
             torch.set_num_threads(threads)
 
-        self.grid = grid or ProfileGrid()
+        self.grid = grid or (ProfileGrid.gpu() if str(device).startswith("cuda") else ProfileGrid())
         self.engine = Engine(EngineConfig(model=model, device=device, dtype=dtype, attention=attention,
                                           max_model_len=max_model_len, cache=CacheConfig()))
         self.runner = self.engine.runner
