@@ -181,7 +181,7 @@ class ModelRunner:
         if self._cuda:
             events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         if self._virtual:
-            self.kv_pool.begin_step()  # map this batch's pages; pages ahead go to the mapping thread
+            self.kv_pool.begin_step(batch)  # map this batch's pages; later ones go to the mapping thread
         graphed = self.graphs is not None and self.graphs.can_run(batch)
         if graphed:
             inputs, bucket = self.graphs.stage(batch)

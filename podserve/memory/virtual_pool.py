@@ -141,10 +141,31 @@ class VirtualKVPool:
         return self._mapped[slot]
 
     # --- per iteration -------------------------------------------------------------------
-    def begin_step(self) -> None:
-        """Apply the bound manager's plan before this iteration's kernels run."""
-        if self._manager is not None:
-            self.apply(self._manager.take_plan())
+    def begin_step(self, batch=None) -> None:
+        """Apply the bound manager's plan before this iteration's kernels run. Given the
+        ``batch``, only the pages its sequences touch now are mapped before it runs; the rest
+        of a growth (a prompt's later chunks: KV is reserved for the whole prompt on
+        admission) joins the pages mapped ahead on the background thread."""
+        if self._manager is None:
+            return
+        plan = self._manager.take_plan()
+        if batch is not None and plan.required:
+            self._defer_unneeded(plan, batch)
+        self.apply(plan)
+
+    def _defer_unneeded(self, plan: MemoryPlan, batch) -> None:
+        self._join()  # the mapping thread may still be raising ``_mapped``: read it settled
+        need: dict[int, int] = {}
+        tpp = self.tokens_per_page
+        for s in batch.seqs:
+            if s.block_table:
+                slot = s.block_table[0]
+                need[slot] = max(need.get(slot, 0), -(-(s.start_pos + len(s.token_ids)) // tpp))
+        for slot, target in plan.required.items():
+            now = max(self._mapped[slot], need.get(slot, 0))
+            if target > now:  # a growth beyond what this batch reads or writes: map it ahead
+                plan.required[slot] = now
+                plan.ahead[slot] = max(plan.ahead.get(slot, target), target)
 
     def end_step(self) -> None:
         """Mark the point after which the pages this iteration read may be unmapped."""

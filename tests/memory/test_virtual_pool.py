@@ -101,3 +101,36 @@ def test_reservation_beyond_the_address_space_names_the_flags():
 def test_unknown_layout_is_rejected():
     with pytest.raises(ValueError, match="--kv"):
         CacheConfig(kv_layout="blocks")
+
+
+def test_only_the_pages_a_batch_touches_are_mapped_before_it_runs():
+    # A 100-token prompt is admitted (KV reserved for all of it: 4 pages of 32 tokens) but
+    # its first chunk covers 32 tokens: page 0 is mapped on the engine's thread before the
+    # step, pages 1-3 on the mapping thread while the step computes.
+    import threading
+
+    from podserve.core.batch import ScheduledBatch, ScheduledSeq
+
+    pool = make_pool(background=True)
+    kv = pool.make_manager(watermark=0.0, lookahead_tokens=0)
+    calls = []
+    real_map = pool.memory.map
+
+    def recording_map(offset, num_pages=1):
+        calls.append((threading.current_thread().name, offset, num_pages))
+        return real_map(offset, num_pages)
+
+    pool.memory.map = recording_map
+    try:
+        r = req("long")
+        kv.allocate(r, 100)
+        slot = kv.slot_of(r)
+        batch = ScheduledBatch(iteration=0)
+        batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
+        pool.begin_step(batch)
+        main_pages = sum(n for name, _, n in calls if not name.startswith("kv-map"))
+        assert main_pages == 2 * MODEL.num_hidden_layers * 1  # page 0 of every layer's K and V
+        assert pool.mapped_pages(slot) == 4  # joins the mapping thread: the rest arrived meanwhile
+        assert sum(n for name, _, n in calls if name.startswith("kv-map")) == 2 * MODEL.num_hidden_layers * 3
+    finally:
+        pool.close()
