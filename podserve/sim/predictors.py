@@ -215,9 +215,15 @@ def fit_profile(profile: Profile) -> FittedProfile:
     return fitted
 
 
+MIN_CALIBRATION_SPREAD = 3.0
+"""A whole-forward calibration fits a slope only over steps whose operator sums span this factor."""
+MIN_CALIBRATION_SLOPE = 0.25
+"""Below this slope a whole-forward calibration is taken for a degenerate fit (a ratio is used)."""
+
+
 def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | None:
     """Fit ``measured forward = a + b * (operators' predicted sum)`` over real engine
-    iterations. Operators timed one at a time miss what a whole forward adds (module calls
+    iterations (``b * sum`` alone when the steps are too alike to fit a slope). Operators timed one at a time miss what a whole forward adds (module calls
     between them, caches cold from the other operators' data); this puts it back,
     measured rather than assumed. Needs a few rows; None otherwise."""
     if len(rows) < 4:
@@ -230,4 +236,15 @@ def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | N
         chunks = [tuple(int(v) for v in c.split(":")) for c in str(r["prefill_chunks"]).split(";") if c]
         c = cost.estimate(int(r["num_decodes"]), int(r["decode_sum_kv"]), int(r["decode_max_kv"]), chunks, int(r["num_sampled"]))
         ops.append(c.stage + c.last_stage_extra)
-    return fit_linear(np.array(ops)[:, None], _col(rows, "time_s"))
+    x, y = np.array(ops), _col(rows, "time_s")
+    linear = fit_linear(x[:, None], y)
+    if x.max() >= MIN_CALIBRATION_SPREAD * x.min() and linear.coef[0] >= MIN_CALIBRATION_SLOPE:
+        return linear
+    # The steps span too narrow a range of sizes to tell a slope from noise (a profile of
+    # equal 512-token chunks once fitted a constant: every bigger step predicted as fast):
+    # keep the measured ratio, which scales with the operators.
+    ratio = float(np.median(y / x))
+    pred = LinearPredictor(np.array([ratio]), 0.0, num_rows=len(y))
+    ape = np.abs(ratio * x - y) / y
+    pred.cv_mape, pred.cv_p90_ape = float(ape.mean()), float(np.percentile(ape, 90))
+    return pred
