@@ -65,6 +65,11 @@ class CacheConfig:
     iteration computes; False maps synchronously, on demand (for comparison)."""
     kv_lookahead: int = 8
     """Virtual KV with background mapping: tokens of growth mapped ahead of need."""
+    kv_map_thread: bool = False
+    """Virtual KV with background mapping: map ahead on a dedicated thread instead of on the
+    engine thread right after the step's kernels are enqueued (while the device computes and
+    the engine would wait for the sampled tokens). On CUDA the thread's Python code competes
+    for the GIL with the engine thread launching kernels, which slowed eager steps."""
 
     def __post_init__(self):
         if self.kv_layout not in ("paged", "virtual"):

@@ -32,7 +32,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory the engine may use (default: 0.9)")
     g.add_argument("--kv", default="paged", choices=["paged", "virtual"], help="KV cache layout: paged blocks, or virtual (contiguous per request, physical pages mapped on demand) (default: paged)")
     g.add_argument("--kv-page-size", type=parse_bytes, default=None, help="--kv virtual: bytes of one physical page per layer K/V (default: 2MiB granule on CUDA, ~64KiB on CPU)")
-    g.add_argument("--kv-sync-map", action="store_true", help="--kv virtual: map pages synchronously on demand instead of ahead on a background thread")
+    g.add_argument("--kv-sync-map", action="store_true", help="--kv virtual: map pages synchronously on demand instead of ahead, hidden behind compute")
+    g.add_argument("--kv-map-thread", action="store_true",
+                   help="--kv virtual: map pages ahead on a dedicated thread (default: on the engine thread once a step's kernels are enqueued)")
     g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod", "sdpa"],
                    help="attention backend (default: torch reference; sdpa: FlashAttention/cuDNN prefill through torch SDPA, for --kv virtual)")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: run every iteration eagerly (graphs are captured by default on CUDA with --attention triton/pod)")
@@ -65,6 +67,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             kv_layout=args.kv,
             page_size=args.kv_page_size,
             kv_background_map=not args.kv_sync_map,
+            kv_map_thread=args.kv_map_thread,
         ),
         parallel=ParallelConfig(
             tensor_parallel_size=args.tensor_parallel_size,

@@ -203,6 +203,8 @@ class ModelRunner:
             events[1].record()
             self._pending.append((timing, *events))
         timing.enqueue_s = time.perf_counter() - start
+        if self._virtual:
+            self.kv_pool.after_enqueue()  # map pages for later steps while the device computes
         sampled: list[int | None] = [None] * batch.num_seqs
         if tokens is not None:
             for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync

@@ -14,10 +14,11 @@ base address is then always backed: Triton's launcher checks every pointer argum
 kernel launch (or a CUDA-graph capture at start-up, before any request exists) fails
 whenever slot 0 happens to be unmapped. Padding rows of a batch read and write nothing.
 
-Each iteration the runner calls ``begin_step()`` (apply the manager's plan: unmap
-reclaimed tails once the last iteration's kernels are done, map what this iteration needs,
-then hand the pages mapped *ahead* to a background thread that maps them while this
-iteration computes) and ``end_step()`` (record an event after the kernels).
+Each iteration the runner calls ``begin_step(batch)`` (apply the manager's plan: unmap
+reclaimed tails once the last iteration's kernels are done, map what this batch touches,
+and keep the pages mapped *ahead* for later), ``end_step()`` (record an event after the
+kernels) and ``after_enqueue()`` (map the pages ahead on the engine thread while the device
+computes; ``CacheConfig.kv_map_thread`` hands them to a dedicated thread instead).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def page_geometry(model: LlamaConfig, dtype: torch.dtype, granularity: int, page
 class VirtualKVPool:
     """Virtual KV tensors for every layer and the mapping work that backs them."""
 
-    def __init__(self, memory, model: LlamaConfig, dtype: torch.dtype, max_batch: int, max_ctx: int, tokens_per_page: int, page_bytes: int, num_pages: int, background: bool):
+    def __init__(self, memory, model: LlamaConfig, dtype: torch.dtype, max_batch: int, max_ctx: int, tokens_per_page: int, page_bytes: int, num_pages: int, background: bool,
+                 map_thread: bool = False):
         self.memory = memory
         self.num_layers = model.num_hidden_layers
         self.tokens_per_page = tokens_per_page
@@ -89,8 +91,10 @@ class VirtualKVPool:
         ]
         self._mapped = [0] * self.num_blocks  # pages the backend has mapped per slot
         self._manager: VirtualKVManager | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-map") if background else None
+        self._background = background
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-map") if background and map_thread else None
         self._pending: Future | None = None
+        self._deferred: dict[int, int] | None = None  # ahead pages for ``after_enqueue`` (no thread)
         self._event = None  # CUDA event after the last iteration's kernels
         self.stats = {"sync_map_s": 0.0, "sync_unmap_s": 0.0, "background_map_s": 0.0, "wait_s": 0.0, "pages_mapped": 0, "pages_unmapped": 0}
         self._resize(0, 1)  # the anchor page (outside the page budget, never unmapped)
@@ -98,7 +102,7 @@ class VirtualKVPool:
 
     @property
     def background(self) -> bool:
-        return self._worker is not None
+        return self._background
 
     @classmethod
     def create(cls, model: LlamaConfig, cache: CacheConfig, dtype: torch.dtype, device: torch.device, max_batch: int, max_model_len: int,
@@ -126,7 +130,8 @@ class VirtualKVPool:
                 f"--kv virtual reserves address space for {max_batch} slots x {max_ctx} tokens x {model.num_hidden_layers} layers "
                 f"({size / 2**30:.1f} GiB) and that failed ({e}); lower --max-model-len or --max-num-seqs, or use --kv paged"
             ) from None
-        return cls(memory, model, dtype, max_batch, max_ctx, tokens_per_page, page_bytes, num_pages, cache.kv_background_map)
+        return cls(memory, model, dtype, max_batch, max_ctx, tokens_per_page, page_bytes, num_pages, cache.kv_background_map,
+                   cache.kv_map_thread)
 
     # --- wiring --------------------------------------------------------------------------
     def make_manager(self, watermark: float, lookahead_tokens: int) -> VirtualKVManager:
@@ -193,10 +198,19 @@ class VirtualKVPool:
         ahead = {s: n for s, n in plan.ahead.items() if n != self._mapped[s]}
         if not ahead:
             return
-        if self._worker is None:
+        if not self._background:
             self._map_ahead(ahead, "sync_map_s")
+        elif self._worker is None:
+            self._deferred = ahead  # mapped by ``after_enqueue`` while the device computes
         else:
             self._pending = self._worker.submit(self._map_ahead, ahead, "background_map_s")
+
+    def after_enqueue(self) -> None:
+        """The step's kernels are enqueued: map the pages planned ahead now, on this thread,
+        while the device computes (they are needed by a later step, not this one)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred:
+            self._map_ahead(deferred, "background_map_s")
 
     def close(self) -> None:
         """Stop the mapping thread and release the memory (tensors must no longer be used)."""
@@ -222,6 +236,8 @@ class VirtualKVPool:
         self.stats[stat] += time.perf_counter() - t0
 
     def _join(self) -> None:
+        if self._deferred:  # a step that never reached ``after_enqueue`` (it failed): map them now
+            self.after_enqueue()
         if self._pending is not None:
             t0 = time.perf_counter()
             pending, self._pending = self._pending, None

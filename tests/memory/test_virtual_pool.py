@@ -14,8 +14,10 @@ from tests.memory.test_vmm_cpu import resident_bytes
 MODEL = preset_config("tiny-llama")  # 2 layers, 2 KV heads of 16: 128 bytes per token and layer K
 
 
-def make_pool(background: bool, num_pages: int = 16, max_batch: int = 3, max_model_len: int = 100) -> VirtualKVPool:
-    cache = CacheConfig(kv_layout="virtual", page_size=4096, num_blocks=num_pages, kv_background_map=background)
+def make_pool(background: bool, num_pages: int = 16, max_batch: int = 3, max_model_len: int = 100,
+              map_thread: bool = True) -> VirtualKVPool:
+    cache = CacheConfig(kv_layout="virtual", page_size=4096, num_blocks=num_pages, kv_background_map=background,
+                        kv_map_thread=map_thread)
     return VirtualKVPool.create(MODEL, cache, torch.float32, torch.device("cpu"), max_batch, max_model_len)
 
 
@@ -128,9 +130,29 @@ def test_only_the_pages_a_batch_touches_are_mapped_before_it_runs():
         batch = ScheduledBatch(iteration=0)
         batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
         pool.begin_step(batch)
+        pool.after_enqueue()  # (no-op with a mapping thread)
         main_pages = sum(n for name, _, n in calls if not name.startswith("kv-map"))
         assert main_pages == 2 * MODEL.num_hidden_layers * 1  # page 0 of every layer's K and V
         assert pool.mapped_pages(slot) == 4  # joins the mapping thread: the rest arrived meanwhile
         assert sum(n for name, _, n in calls if name.startswith("kv-map")) == 2 * MODEL.num_hidden_layers * 3
+    finally:
+        pool.close()
+
+
+def test_without_a_thread_pages_ahead_are_mapped_after_the_kernels_are_enqueued():
+    from podserve.core.batch import ScheduledBatch, ScheduledSeq
+
+    pool = make_pool(background=True, map_thread=False)
+    kv = pool.make_manager(watermark=0.0, lookahead_tokens=0)
+    try:
+        r = req("long")
+        kv.allocate(r, 100)
+        slot = kv.slot_of(r)
+        batch = ScheduledBatch(iteration=0)
+        batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
+        pool.begin_step(batch)
+        assert pool._mapped[slot] == 1  # what the batch touches, before its kernels
+        pool.after_enqueue()
+        assert pool._mapped[slot] == 4 and pool.stats["background_map_s"] > 0
     finally:
         pool.close()
