@@ -278,16 +278,14 @@ class Profiler:
 
         batches: list[ScheduledBatch] = []
         listener = lambda batch, start, end: batches.append(batch)  # noqa: E731
-        runner = self.runner
-        graphs = getattr(runner, "graphs", None)
-        # On CUDA the step's own device time (events around forward and sampling) is the
-        # forward: replayed CUDA graphs never call model.forward, and a sync after each
-        # module call would stop the host from running ahead of the device as it does in serving.
-        device_timed = self.device.type == "cuda"
-        if not device_timed:
-            model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
-        engine.iteration_listeners.append(listener)
+        if self.device.type == "cuda":
+            # The step's own device time is its forward: replayed CUDA graphs never call
+            # model.forward, and a sync after each module call would stop the host from
+            # running ahead of the device as it does in serving.
+            return self._engine_iterations_served()
+        model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
         rows, forwards = [], []
+        engine.iteration_listeners.append(listener)
         rng = np.random.default_rng(0)
         lo, hi = self.grid.engine_prompt_tokens
         try:
@@ -308,16 +306,48 @@ class Profiler:
                     if len(batches) == before:
                         continue
                     batch = batches[-1]
-                    graphed = graphs is not None and graphs.can_run(batch)
-                    if device_timed:
-                        runner.flush_timings()
-                        timing = getattr(engine.last_output, "timing", None)
-                        spent[0] = timing.gpu_s if timing is not None and timing.gpu_s is not None else 0.0
                     rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
                                  "num_prefills": batch.num_prefills, "time_s": max(dt - spent[0], 1e-7)})
-                    forwards.append({**batch_shape(batch), "graphed": int(graphed), "time_s": spent[0]})
+                    forwards.append({**batch_shape(batch), "time_s": spent[0]})
         finally:
             model.forward, model.compute_logits = orig_forward, orig_logits
+            engine.iteration_listeners.remove(listener)
+        return rows, forwards
+
+    def _engine_iterations_served(self) -> tuple[list[dict], list[dict]]:
+        """CUDA: the engine phase driven by ``podserve bench``'s own loop (``run_workload``),
+        so each step's period -- from its start to the next step's start -- holds what serving
+        spends between steps too (arrivals, outputs, metrics). Per step the forward is its
+        device time (events around forward and sampling) and the CPU overhead the rest of
+        the period."""
+        from podserve.bench.runner import run_workload
+        from podserve.bench.workloads import WorkloadRequest
+
+        engine, runner = self.engine, self.runner
+        graphs = getattr(runner, "graphs", None)
+        seen: list[tuple] = []
+
+        def listener(batch, start, end):
+            seen.append((batch, start, end, getattr(engine.last_output, "timing", None)))
+
+        engine.iteration_listeners.append(listener)
+        rows, forwards = [], []
+        lo, hi = self.grid.engine_prompt_tokens
+        try:
+            for b in self.grid.overhead_batches:
+                seen.clear()
+                workload = [WorkloadRequest(0.0, lo + (hi - lo) * i // max(b - 1, 1), self.grid.engine_output_tokens)
+                            for i in range(b)]
+                run_workload(engine, workload, seed=b, detokenize=False)
+                runner.flush_timings()
+                for k, (batch, start, end, timing) in enumerate(seen):
+                    period = (seen[k + 1][1] - start) if k + 1 < len(seen) else (end - start)
+                    device = timing.gpu_s if timing is not None and timing.gpu_s is not None else 0.0
+                    rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
+                                 "num_prefills": batch.num_prefills, "time_s": max(period - device, 1e-7)})
+                    forwards.append({**batch_shape(batch), "graphed": int(graphs is not None and graphs.can_run(batch)),
+                                     "time_s": device})
+        finally:
             engine.iteration_listeners.remove(listener)
         return rows, forwards
 
