@@ -238,13 +238,28 @@ def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | N
         ops.append(c.stage + c.last_stage_extra)
     x, y = np.array(ops), _col(rows, "time_s")
     linear = fit_linear(x[:, None], y)
-    if x.max() >= MIN_CALIBRATION_SPREAD * x.min() and linear.coef[0] >= MIN_CALIBRATION_SLOPE:
+    ratio = _fit_ratio(x, y)
+    spread_ok = x.max() >= MIN_CALIBRATION_SPREAD * x.min() and linear.coef[0] >= MIN_CALIBRATION_SLOPE
+    if spread_ok or (linear.coef[0] >= MIN_CALIBRATION_SLOPE and linear.cv_mape is not None
+                     and ratio.cv_mape is not None and linear.cv_mape < ratio.cv_mape):
         return linear
     # The steps span too narrow a range of sizes to tell a slope from noise (a profile of
     # equal 512-token chunks once fitted a constant: every bigger step predicted as fast):
     # keep the measured ratio, which scales with the operators.
-    ratio = float(np.median(y / x))
-    pred = LinearPredictor(np.array([ratio]), 0.0, num_rows=len(y))
-    ape = np.abs(ratio * x - y) / y
+    return ratio
+
+
+def _fit_ratio(x: np.ndarray, y: np.ndarray) -> LinearPredictor:
+    """``y = r * x`` with ``r`` the median ratio; K-fold error like ``fit_linear``'s."""
+    pred = LinearPredictor(np.array([float(np.median(y / x))]), 0.0, num_rows=len(y))
+    if len(y) >= 2 * CV_FOLDS:
+        from sklearn.model_selection import KFold
+
+        ape = np.empty(len(y))
+        for train, test in KFold(CV_FOLDS, shuffle=True, random_state=0).split(x):
+            r = float(np.median(y[train] / x[train]))
+            ape[test] = np.abs(r * x[test] - y[test]) / y[test]
+    else:
+        ape = np.abs(pred.coef[0] * x - y) / y
     pred.cv_mape, pred.cv_p90_ape = float(ape.mean()), float(np.percentile(ape, 90))
     return pred

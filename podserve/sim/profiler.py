@@ -46,12 +46,19 @@ class ProfileGrid:
     """Sweeps over the whole grid; each point keeps the median over sweeps. On a shared
     machine, other processes' bursts last seconds: separate sweeps see different bursts."""
 
+    decode_batches: tuple[int, ...] = ()
+    """Engine phase, decode-heavy part (CUDA): this many requests at a time with prompts over
+    ``decode_prompt_tokens`` and ``decode_output_tokens`` outputs, so decode-only steps (CUDA
+    graphs) of serving-sized batches and contexts are in the calibration."""
+    decode_prompt_tokens: tuple[int, int] = (64, 1024)
+    decode_output_tokens: int = 160
+
     @classmethod
     def gpu(cls) -> "ProfileGrid":
         """The default grid with an engine phase that reaches serving-sized steps: prompts up
-        to 4096 tokens, so 512-token chunks at long contexts and 48-request decode batches
-        are in the whole-forward calibration rather than extrapolated to."""
-        return cls(engine_prompt_tokens=(16, 4096), engine_output_tokens=16)
+        to 4096 tokens, so 512-token chunks at long contexts are in the whole-forward
+        calibration rather than extrapolated to, and decode-only batches of 16 to 128."""
+        return cls(engine_prompt_tokens=(16, 4096), engine_output_tokens=16, decode_batches=(16, 64, 128))
 
     @classmethod
     def quick(cls) -> "ProfileGrid":
@@ -333,11 +340,14 @@ class Profiler:
         engine.iteration_listeners.append(listener)
         rows, forwards = [], []
         lo, hi = self.grid.engine_prompt_tokens
+        g = self.grid
+        dlo, dhi = g.decode_prompt_tokens
+        phases = [(b, lo, hi, g.engine_output_tokens) for b in g.overhead_batches]
+        phases += [(b, dlo, dhi, g.decode_output_tokens) for b in g.decode_batches]
         try:
-            for b in self.grid.overhead_batches:
+            for b, plo, phi, outputs in phases:
                 seen.clear()
-                workload = [WorkloadRequest(0.0, lo + (hi - lo) * i // max(b - 1, 1), self.grid.engine_output_tokens)
-                            for i in range(b)]
+                workload = [WorkloadRequest(0.0, plo + (phi - plo) * i // max(b - 1, 1), outputs) for i in range(b)]
                 run_workload(engine, workload, seed=b, detokenize=False)
                 runner.flush_timings()
                 for k, (batch, start, end, timing) in enumerate(seen):
