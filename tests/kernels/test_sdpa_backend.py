@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from podserve.attention import make_backend
-from podserve.kernels.reference import attention_ref, write_kv_ref
 from tests.kernels.attn_batch import make_batch
-from tests.kernels.test_torch_backend import _meta
+from tests.kernels.test_torch_backend import check_backend
 
 
 # bf16 on CUDA only: Triton's CPU interpreter mishandles bfloat16 (numpy has none).
@@ -27,17 +26,9 @@ def test_sdpa_backend_matches_reference(block_size, dtype):
     heads, kv_heads = rng.choice([(4, 4), (8, 2), (6, 3)])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     b = make_batch(decode_lens, chunks, heads, kv_heads, 64, block_size, dtype=dtype, device=device)
-    meta = _meta(b)
-    backend = make_backend("sdpa")
-    backend.prepare(meta)
-    k_cache, v_cache = b.k_cache.clone(), b.v_cache.clone()
-    out = backend.forward(b.q, b.k, b.v, k_cache, v_cache, meta, 64 ** -0.5)
-    write_kv_ref(b.k, b.v, b.k_cache, b.v_cache, b.slot_mapping)
-    assert torch.equal(k_cache, b.k_cache) and torch.equal(v_cache, b.v_cache)
-    ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
     # float32 on CUDA: SDPA's kernels and the Triton dots use TF32 (10-bit mantissa).
     tol = (5e-3 if b.q.is_cuda else 1e-4) if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    check_backend(make_backend("sdpa"), b, tol)
 
 
 def test_sdpa_needs_triton_for_its_decodes(monkeypatch):

@@ -33,13 +33,17 @@ def test_torch_backend_matches_reference(block_size, dtype):
     chunks = [(rng.randint(0, 40), rng.randint(1, 30)) for _ in range(rng.randint(0, 3))]
     heads, kv_heads = rng.choice([(4, 4), (6, 2), (9, 3)])
     b = make_batch(decode_lens, chunks, heads, kv_heads, 64, block_size, dtype=dtype)
+    check_backend(TorchAttentionBackend(), b, tol=1e-4 if dtype == torch.float32 else 3e-2)
+
+
+def check_backend(backend, b, tol: float) -> None:
+    """Run ``backend`` on batch ``b`` (head dim 64): it must write the new K/V exactly where
+    the reference does and attend within ``tol`` of the float64 reference."""
     meta = _meta(b)
-    backend = TorchAttentionBackend()
     backend.prepare(meta)
     k_cache, v_cache = b.k_cache.clone(), b.v_cache.clone()
     out = backend.forward(b.q, b.k, b.v, k_cache, v_cache, meta, 64 ** -0.5)
     write_kv_ref(b.k, b.v, b.k_cache, b.v_cache, b.slot_mapping)
     assert torch.equal(k_cache, b.k_cache) and torch.equal(v_cache, b.v_cache)
     ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)

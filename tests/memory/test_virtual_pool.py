@@ -111,8 +111,6 @@ def test_only_the_pages_a_batch_touches_are_mapped_before_it_runs():
     # step, pages 1-3 on the mapping thread while the step computes.
     import threading
 
-    from podserve.core.batch import ScheduledBatch, ScheduledSeq
-
     pool = make_pool(background=True)
     kv = pool.make_manager(watermark=0.0, lookahead_tokens=0)
     calls = []
@@ -124,11 +122,7 @@ def test_only_the_pages_a_batch_touches_are_mapped_before_it_runs():
 
     pool.memory.map = recording_map
     try:
-        r = req("long")
-        kv.allocate(r, 100)
-        slot = kv.slot_of(r)
-        batch = ScheduledBatch(iteration=0)
-        batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
+        slot, batch = _first_chunk_of_a_long_prompt(kv)
         pool.begin_step(batch)
         pool.after_enqueue()  # (no-op with a mapping thread)
         main_pages = sum(n for name, _, n in calls if not name.startswith("kv-map"))
@@ -139,17 +133,24 @@ def test_only_the_pages_a_batch_touches_are_mapped_before_it_runs():
         pool.close()
 
 
-def test_without_a_thread_pages_ahead_are_mapped_after_the_kernels_are_enqueued():
+def _first_chunk_of_a_long_prompt(kv):
+    """Admit a 100-token prompt (4 pages of 32 tokens reserved); (its slot, a batch holding
+    its first 32-token chunk)."""
     from podserve.core.batch import ScheduledBatch, ScheduledSeq
 
+    r = req("long")
+    kv.allocate(r, 100)
+    slot = kv.slot_of(r)
+    batch = ScheduledBatch(iteration=0)
+    batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
+    return slot, batch
+
+
+def test_without_a_thread_pages_ahead_are_mapped_after_the_kernels_are_enqueued():
     pool = make_pool(background=True, map_thread=False)
     kv = pool.make_manager(watermark=0.0, lookahead_tokens=0)
     try:
-        r = req("long")
-        kv.allocate(r, 100)
-        slot = kv.slot_of(r)
-        batch = ScheduledBatch(iteration=0)
-        batch.seqs.append(ScheduledSeq("long", list(range(32)), 0, True, False, [slot], SamplingParams(), 0))
+        slot, batch = _first_chunk_of_a_long_prompt(kv)
         pool.begin_step(batch)
         assert pool._mapped[slot] == 1  # what the batch touches, before its kernels
         pool.after_enqueue()
