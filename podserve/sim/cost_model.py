@@ -126,6 +126,10 @@ class CostModel:
         self._fwd_graphed = (fwd_g.intercept, float(fwd_g.coef[0])) if fwd_g is not None else None
         self._graph_max = int(self.fitted.meta.get("cuda_graph_max_batch") or 0)
         """Decode-only batches up to this size replay CUDA graphs in the profiled engine."""
+        direct = getattr(self.fitted, "graphed_decode", None)
+        self._graphed_direct = ((direct.intercept, float(direct.coef[0]), float(direct.coef[1]))
+                                if direct is not None and self.tp == 1 and self.pp == 1 else None)
+        """(a, per decode, per KV token) of graphed decode steps, for the profiled deployment only."""
 
     # --- the hot path ----------------------------------------------------------------------
     def decode_attention(self, num_decodes: int, sum_kv: int, max_kv: int) -> float:
@@ -158,7 +162,13 @@ class CostModel:
         stage, lm = self._token_list[num_tokens] + self.layers_per_stage * attn, self._lm_list[num_sampled]
         fwd = self._fwd
         if not chunks and self._fwd_graphed is not None and num_decodes <= self._graph_max:
-            fwd = self._fwd_graphed  # a decode-only step the engine replays as a CUDA graph
+            # A decode-only step the engine replays as a CUDA graph.
+            if self._graphed_direct is not None:
+                a, per_decode, per_kv = self._graphed_direct
+                total = a + per_decode * num_decodes + per_kv * sum_kv
+                ops = stage + lm
+                return IterationCost(host, total * stage / ops, total * lm / ops) if ops > 0.0 else IterationCost(host, total, 0.0)
+            fwd = self._fwd_graphed
         if fwd is not None:
             # Whole-forward calibration (measured by the profiler's engine phase), spread
             # over stages and LM head in proportion.

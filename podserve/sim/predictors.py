@@ -75,6 +75,11 @@ class FittedProfile:
     forward_graphed: LinearPredictor | None = None
     """The same calibration for decode-only steps replayed as CUDA graphs (no per-kernel
     launch cost): used for decode-only batches up to ``meta["cuda_graph_max_batch"]``."""
+    graphed_decode: LinearPredictor | None = None
+    """Graphed decode-only steps fitted directly: ``time = a + b * decodes + c * KV tokens``.
+    Operators timed one by one are dominated by launch latency at decode sizes (30 ms of
+    operators for a 9-16 ms graphed step on an H100), so they say little about a graph's
+    time; this predicts the profiled deployment's graphed steps (tp = pp = 1) better."""
 
     def errors(self) -> dict[str, dict]:
         """Cross-validated error of every operator: {name: {rows, mape, p90_ape}}."""
@@ -86,6 +91,8 @@ class FittedProfile:
             items["cpu_overhead"] = self.overhead
         if self.forward is not None:
             items["forward_calibration"] = self.forward
+        if getattr(self, "graphed_decode", None) is not None:
+            items["graphed_decode_step"] = self.graphed_decode
         items.update({f"all_reduce.{k}": v for k, v in self.all_reduce.items()})
         if self.send_recv is not None:
             items["send_recv"] = self.send_recv
@@ -211,6 +218,9 @@ def fit_profile(profile: Profile) -> FittedProfile:
     forward_graphed = _fit_forward(fitted, graphed) if "cuda_graph_max_batch" in meta else None
     fitted.forward = _fit_forward(fitted, eager if len(eager) >= 4 else rows)
     fitted.forward_graphed = forward_graphed
+    if forward_graphed is not None and len(graphed) >= 2 * CV_FOLDS:
+        x = np.array([[float(r["num_decodes"]), float(r["decode_sum_kv"])] for r in graphed])
+        fitted.graphed_decode = fit_linear(x, _col(graphed, "time_s"))
     fitted.fit_seconds = time.perf_counter() - t0
     return fitted
 

@@ -165,3 +165,31 @@ def test_graphed_decode_steps_get_their_own_calibration(tmp_path):
     assert fwd(32, [(128, 0)]) == pytest.approx(0.004 + 1.2 * ops(32, [(128, 0)]), rel=1e-3)  # hybrid: eager
     assert fwd(128, []) == pytest.approx(0.004 + 1.2 * ops(128, []), rel=1e-3)  # beyond the buckets: eager
     assert fwd(32, []) < 0.85 * fwd(32, [(1, 0)])  # the graphed calibration, not the eager one
+
+
+def test_graphed_decode_steps_are_predicted_from_decodes_and_kv_tokens(tmp_path):
+    """With enough graphed steps, a graphed decode step's time is fitted directly on
+    (decodes, KV tokens) -- operators timed one by one are launch-bound at decode sizes --
+    for the profiled deployment only; a sharded cost model keeps the calibrated operators."""
+    from podserve.model.presets import preset_config
+    from podserve.sim.derive import derive_profile
+    from podserve.sim.predictors import fit_profile
+
+    config = preset_config("llama-3-8b")
+    profile = derive_profile("llama-3-8b", config)
+    rows = []
+    for nd in (1, 2, 4, 8, 16, 32, 48, 64, 96, 128):
+        for ctx in (300, 1500, 4000):
+            rows.append({"num_decodes": nd, "decode_sum_kv": nd * ctx, "decode_max_kv": ctx, "prefill_chunks": "",
+                         "num_sampled": nd, "graphed": 1, "time_s": 0.009 + 2e-5 * nd + 4e-8 * nd * ctx})
+    rows += [{"num_decodes": 4, "decode_sum_kv": 4000, "decode_max_kv": 1000, "prefill_chunks": f"{q}:0",
+              "num_sampled": 5, "graphed": 0, "time_s": 0.02 + 1e-5 * q} for q in (64, 256, 512, 1024, 2048)]
+    profile.tables["engine_forward"] = rows
+    profile.meta["cuda_graph_max_batch"] = 128
+    profile.save(tmp_path)
+    fitted = fit_profile(load_profile(tmp_path))
+    assert fitted.graphed_decode is not None and "graphed_decode_step" in fitted.errors()
+    c = CostModel(fitted, config).estimate(40, 40 * 2000, 2000, [], 40)
+    assert c.stage + c.last_stage_extra == pytest.approx(0.009 + 2e-5 * 40 + 4e-8 * 40 * 2000, rel=0.02)
+    sharded = CostModel(fitted, config, tp=2).estimate(40, 40 * 2000, 2000, [], 40)
+    assert sharded.stage + sharded.last_stage_extra != pytest.approx(c.stage + c.last_stage_extra, rel=0.02)
