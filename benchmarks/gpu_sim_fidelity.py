@@ -17,21 +17,12 @@ Writes ``$OUT/sim_fidelity_gpu.json`` (rewritten after every run) and the profil
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def free_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _profile_child(model, device, attention, max_model_len, grid_name, smoke, directory) -> None:

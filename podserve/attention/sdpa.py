@@ -27,7 +27,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from ..kernels import decode_attention, write_kv
 from .base import AttentionMetadata
-from .torch_ref import TorchAttentionBackend
+from .torch_ref import TorchAttentionBackend, write_kv_torch
 
 
 class SdpaAttention(TorchAttentionBackend):
@@ -41,9 +41,7 @@ class SdpaAttention(TorchAttentionBackend):
         if q.is_cuda:
             write_kv(k[:n], v[:n], k_cache, v_cache, meta.slot_mapping[:n])
         else:  # the interpreter's KV write is slow; index_copy_ does the same on CPU
-            _, _, num_kv_heads, head_dim = k_cache.shape
-            k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping[:n], k[:n])
-            v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping[:n], v[:n])
+            write_kv_torch(k[:n], v[:n], k_cache, v_cache, meta.slot_mapping[:n])
         out = torch.empty_like(q)  # [num_tokens, num_q_heads, head_dim]
         nd = meta.num_decodes
         if nd:

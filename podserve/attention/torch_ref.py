@@ -22,6 +22,15 @@ import torch.nn.functional as F
 from podserve.attention.base import AttentionBackend, AttentionMetadata
 
 
+def write_kv_torch(k: torch.Tensor, v: torch.Tensor,  # [n, kv_heads, head_dim]
+                   k_cache: torch.Tensor, v_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, head_dim]
+                   slot_mapping: torch.Tensor) -> None:  # int64 [n]
+    """New K/V into the cache at their flat slots (every slot valid: no padding rows)."""
+    _, _, num_kv_heads, head_dim = k_cache.shape
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
@@ -46,10 +55,8 @@ class TorchAttentionBackend(AttentionBackend):
         self._shared = shared
 
     def forward(self, q, k, v, k_cache, v_cache, meta, scale):
-        num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
         # Write the new K/V first: every query then reads its own token from the cache.
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+        write_kv_torch(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
         if meta.num_decodes:
             if q.device.type == "cpu":

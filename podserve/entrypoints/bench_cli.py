@@ -191,7 +191,7 @@ def cmd_capacity(args) -> int:
     from podserve.bench.capacity import Probe, decode_iteration_time, find_capacity
     from podserve.bench.report import format_capacity_table
     from podserve.bench.runner import run_workload
-    from podserve.bench.slo import SLO, SLOWatch
+    from podserve.bench.slo import SLOWatch
     from podserve.bench.workloads import generate
     from podserve.core.scheduler import SCHEDULERS
     from podserve.engine.engine import Engine

@@ -150,7 +150,8 @@ class VirtualKVPool:
         """Apply the bound manager's plan before this iteration's kernels run. Given the
         ``batch``, only the pages its sequences touch now are mapped before it runs; the rest
         of a growth (a prompt's later chunks: KV is reserved for the whole prompt on
-        admission) joins the pages mapped ahead on the background thread."""
+        admission) joins the pages mapped ahead (by ``after_enqueue``, or on the mapping
+        thread)."""
         if self._manager is None:
             return
         plan = self._manager.take_plan()

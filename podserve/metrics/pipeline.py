@@ -45,14 +45,28 @@ class PipelineStats:
 
     def summary(self) -> dict:
         """num_stages, num_micro_batches, active_s, stage_busy_s, stage_utilization, bubble_fraction."""
-        active = self.active_time()
-        util = [b / active if active > 0 else None for b in self.stage_busy]
-        bubble = 1.0 - sum(self.stage_busy) / (self.num_stages * active) if active > 0 else None
-        return {
-            "num_stages": self.num_stages,
-            "num_micro_batches": self.num_micro_batches,
-            "active_s": active,
-            "stage_busy_s": list(self.stage_busy),
-            "stage_utilization": util,
-            "bubble_fraction": bubble,
-        }
+        return pipeline_summary(self.num_stages, self.num_micro_batches, self.active_time(), self.stage_busy)
+
+    @staticmethod
+    def combined(stats: list["PipelineStats"]) -> dict:
+        """The summary of several pipelines (replicas): stage busy and active times summed,
+        so the bubble fraction is the share of all their stage-time spent idle."""
+        if len(stats) == 1:
+            return stats[0].summary()
+        num_stages = stats[0].num_stages
+        busy = [sum(s.stage_busy[i] for s in stats) for i in range(num_stages)]
+        return {**pipeline_summary(num_stages, sum(s.num_micro_batches for s in stats),
+                                   sum(s.active_time() for s in stats), busy),
+                "num_replicas": len(stats)}
+
+
+def pipeline_summary(num_stages: int, num_micro_batches: int, active: float, stage_busy: list[float]) -> dict:
+    """The summary's numbers from the stage busy times and the time with work in flight."""
+    return {
+        "num_stages": num_stages,
+        "num_micro_batches": num_micro_batches,
+        "active_s": active,
+        "stage_busy_s": list(stage_busy),
+        "stage_utilization": [b / active if active > 0 else None for b in stage_busy],
+        "bubble_fraction": 1.0 - sum(stage_busy) / (num_stages * active) if active > 0 else None,
+    }

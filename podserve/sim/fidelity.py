@@ -5,7 +5,7 @@ P50 and P90 of TTFT, TBT and E2E, plus request throughput.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 

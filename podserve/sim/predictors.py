@@ -233,9 +233,10 @@ MIN_CALIBRATION_SLOPE = 0.25
 
 def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | None:
     """Fit ``measured forward = a + b * (operators' predicted sum)`` over real engine
-    iterations (``b * sum`` alone when the steps are too alike to fit a slope). Operators timed one at a time miss what a whole forward adds (module calls
-    between them, caches cold from the other operators' data); this puts it back,
-    measured rather than assumed. Needs a few rows; None otherwise."""
+    iterations (``b * sum`` alone when the steps are too alike to fit a slope). Operators
+    timed one at a time miss what a whole forward adds (module calls between them, caches
+    cold from the other operators' data); this puts it back, measured rather than assumed.
+    Needs a few rows; None otherwise."""
     if len(rows) < 4:
         return None
     from podserve.sim.cost_model import CostModel
@@ -249,9 +250,9 @@ def _fit_forward(fitted: FittedProfile, rows: list[dict]) -> LinearPredictor | N
     x, y = np.array(ops), _col(rows, "time_s")
     linear = fit_linear(x[:, None], y)
     ratio = _fit_ratio(x, y)
-    spread_ok = x.max() >= MIN_CALIBRATION_SPREAD * x.min() and linear.coef[0] >= MIN_CALIBRATION_SLOPE
-    if spread_ok or (linear.coef[0] >= MIN_CALIBRATION_SLOPE and linear.cv_mape is not None
-                     and ratio.cv_mape is not None and linear.cv_mape < ratio.cv_mape):
+    wide = x.max() >= MIN_CALIBRATION_SPREAD * x.min()
+    better = linear.cv_mape is not None and ratio.cv_mape is not None and linear.cv_mape < ratio.cv_mape
+    if linear.coef[0] >= MIN_CALIBRATION_SLOPE and (wide or better):
         return linear
     # The steps span too narrow a range of sizes to tell a slope from noise (a profile of
     # equal 512-token chunks once fitted a constant: every bigger step predicted as fast):

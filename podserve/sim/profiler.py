@@ -268,6 +268,11 @@ class Profiler:
         """Run the engine on a small mixed workload (prefill chunks, hybrid and decode-only
         batches). Per step: the CPU overhead, (step wall time) - (forward + LM head), and the
         whole forward with the batch that ran (``engine_forward`` rows)."""
+        if self.device.type == "cuda":
+            # The step's own device time is its forward: replayed CUDA graphs never call
+            # model.forward, and a sync after each module call would stop the host from
+            # running ahead of the device as it does in serving.
+            return self._engine_iterations_served()
         engine = self.engine
         model = self.model
         clock = self.clock
@@ -285,11 +290,6 @@ class Profiler:
 
         batches: list[ScheduledBatch] = []
         listener = lambda batch, start, end: batches.append(batch)  # noqa: E731
-        if self.device.type == "cuda":
-            # The step's own device time is its forward: replayed CUDA graphs never call
-            # model.forward, and a sync after each module call would stop the host from
-            # running ahead of the device as it does in serving.
-            return self._engine_iterations_served()
         model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
         rows, forwards = [], []
         engine.iteration_listeners.append(listener)
@@ -297,10 +297,9 @@ class Profiler:
         lo, hi = self.grid.engine_prompt_tokens
         try:
             for b in self.grid.overhead_batches:
-                for i in range(b):
-                    # Prompt lengths spread over [lo, hi]: chunks of several sizes, then decodes
-                    # over a range of contexts as the batch drains.
-                    n = lo + (hi - lo) * i // max(b - 1, 1)
+                # Prompt lengths spread over [lo, hi]: chunks of several sizes, then decodes
+                # over a range of contexts as the batch drains.
+                for i, n in enumerate(_spread(lo, hi, b)):
                     ids = rng.integers(0, self.config.vocab_size, n).tolist()
                     engine.add_request(ids, SamplingParams(max_tokens=self.grid.engine_output_tokens, temperature=0.0,
                                                            ignore_eos=True), request_id=f"overhead-{b}-{i}")
@@ -339,15 +338,13 @@ class Profiler:
 
         engine.iteration_listeners.append(listener)
         rows, forwards = [], []
-        lo, hi = self.grid.engine_prompt_tokens
         g = self.grid
-        dlo, dhi = g.decode_prompt_tokens
-        phases = [(b, lo, hi, g.engine_output_tokens) for b in g.overhead_batches]
-        phases += [(b, dlo, dhi, g.decode_output_tokens) for b in g.decode_batches]
+        phases = [(b, g.engine_prompt_tokens, g.engine_output_tokens) for b in g.overhead_batches]
+        phases += [(b, g.decode_prompt_tokens, g.decode_output_tokens) for b in g.decode_batches]
         try:
-            for b, plo, phi, outputs in phases:
+            for b, (lo, hi), outputs in phases:
                 seen.clear()
-                workload = [WorkloadRequest(0.0, plo + (phi - plo) * i // max(b - 1, 1), outputs) for i in range(b)]
+                workload = [WorkloadRequest(0.0, n, outputs) for n in _spread(lo, hi, b)]
                 run_workload(engine, workload, seed=b, detokenize=False)
                 runner.flush_timings()
                 for k, (batch, start, end, timing) in enumerate(seen):
@@ -393,6 +390,11 @@ class Profiler:
                          attention=self.attention, source="podserve-profiler", torch_version=torch.__version__,
                          clock=self.clock_name,
                          grid=self.grid.__dict__, **extra)
+
+
+def _spread(lo: int, hi: int, n: int) -> list[int]:
+    """``n`` prompt lengths evenly over ``[lo, hi]``."""
+    return [lo + (hi - lo) * i // max(n - 1, 1) for i in range(n)]
 
 
 def batch_shape(batch: ScheduledBatch) -> dict:

@@ -192,25 +192,6 @@ class Simulator:
             if r.times.arrival <= self.now or not stopped:
                 self.collector.on_request_finished(r)
         if self.config.pp > 1:
-            self.collector.pipeline = pipeline_summary([r.pipeline for r in self.replicas])
+            self.collector.pipeline = PipelineStats.combined([r.pipeline for r in self.replicas])
         return SimResult(self.collector, time.perf_counter() - t0, len(requests), self.num_iterations, stopped, clipped)
 
-
-def pipeline_summary(stats: list[PipelineStats]) -> dict:
-    """One replica's ``PipelineStats.summary()``; over several, stage busy and active
-    times summed, so the bubble fraction is the cluster's share of idle stage-time."""
-    if len(stats) == 1:
-        return stats[0].summary()
-    parts = [s.summary() for s in stats]
-    num_stages = parts[0]["num_stages"]
-    active = sum(p["active_s"] for p in parts)
-    busy = [sum(p["stage_busy_s"][i] for p in parts) for i in range(num_stages)]
-    return {
-        "num_stages": num_stages,
-        "num_micro_batches": sum(p["num_micro_batches"] for p in parts),
-        "active_s": active,
-        "stage_busy_s": busy,
-        "stage_utilization": [b / active if active > 0 else None for b in busy],
-        "bubble_fraction": 1.0 - sum(busy) / (num_stages * active) if active > 0 else None,
-        "num_replicas": len(parts),
-    }
