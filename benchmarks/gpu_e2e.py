@@ -174,6 +174,7 @@ def make_engine(b: Bench, *, scheduler: str, attention: str, model: str | None =
     config = EngineConfig(
         model=model or b.model(), device=b.args.device, dtype=dtype, attention=attention,
         max_model_len=max_model_len or (b.args.max_model_len if b.cuda else 1024), enforce_eager=enforce_eager,
+        cuda_graph_max_tokens=b.args.cuda_graph_max_tokens,
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=chunk_size or b.args.chunk_size,
                                   max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
         cache=CacheConfig(block_size=16, gpu_memory_utilization=b.args.gpu_memory_utilization, kv_layout=kv),
@@ -184,6 +185,8 @@ def make_engine(b: Bench, *, scheduler: str, attention: str, model: str | None =
     info = {"startup_s": time.perf_counter() - t0, "kv_blocks": engine.kv.num_blocks,
             "activation_bytes": runner.activation_bytes, "cuda_graphs": runner.graphs is not None,
             "graph_capture_s": runner.graphs.capture_s if runner.graphs is not None else None,
+            "piecewise_graphs": runner.hybrid_graphs.num_graphs if runner.hybrid_graphs is not None else 0,
+            "piecewise_capture_s": runner.hybrid_graphs.capture_s if runner.hybrid_graphs is not None else None,
             "startup_errors": runner.startup_errors}
     return engine, info
 
@@ -259,10 +262,13 @@ def section_correctness(b: Bench) -> None:
         llm = LLM(path, device=b.args.device, dtype="float32", attention=attention, chunk_size=chunk,
                   max_num_seqs=seqs, scheduler=scheduler, enforce_eager=eager, num_kv_blocks=KV_BLOCKS)
         runner = llm.engine.runner
-        replays = []
+        replays, pieces = [], []
         if runner.graphs is not None:
             real = runner.graphs.replay
             runner.graphs.replay = lambda bucket, n, real=real: replays.append(bucket) or real(bucket, n)
+        if runner.hybrid_graphs is not None and runner.hybrid_graphs.captured:
+            real_run = runner.hybrid_graphs.run
+            runner.hybrid_graphs.run = lambda inputs, real_run=real_run: pieces.append(1) or real_run(inputs)
         got = tokens(llm)
         first_mismatch = [next((i for i, (x, y) in enumerate(zip(g, r)) if x != y), None) for g, r in zip(got, ref)]
         matching = sum(m is None and len(g) == len(r) for m, g, r in zip(first_mismatch, got, ref))
@@ -270,9 +276,10 @@ def section_correctness(b: Bench) -> None:
         sec["greedy"].append({"attention": attention, "chunk_size": chunk, "max_num_seqs": seqs, "scheduler": scheduler,
                               "enforce_eager": eager, "prompts_matching": matching, "prompts": len(prompts),
                               "first_mismatch": first_mismatch, "graph_replays": len(replays),
+                              "piecewise_steps": len(pieces),
                               "startup_errors": runner.startup_errors, "seconds": time.perf_counter() - t0})
         log(f"correctness {attention} chunk={chunk} seqs={seqs} {scheduler}{' eager' if eager else ''}: "
-            f"{matching}/{len(prompts)} prompts match, {len(replays)} graph replays")
+            f"{matching}/{len(prompts)} prompts match, {len(replays)} graph replays, {len(pieces)} piecewise steps")
         del llm, runner
         free_memory(b.cuda)
         b.save()
@@ -547,18 +554,21 @@ def section_online(b: Bench) -> None:
     offline = {(r["scheduler"], r["attention"]): r for r in b.section("offline").get("runs", []) if "requests_per_s" in r and r.get("kv", "paged") == "paged"}
     runs = sec.setdefault("runs", [])
     fractions = [float(x) for x in b.args.online_fractions.split(",")]
+    fixed = [float(x) for x in b.args.online_rates.split(",")] if b.args.online_rates else None
     for policy in b.args.online_schedulers.split(","):
         choices = [(r["output_tok_s"], a) for (s, a), r in offline.items() if s == policy]
-        attention = max(choices)[1] if choices else "triton"
+        attention = max(choices)[1] if choices else b.args.attentions.split(",")[0]
         base = offline.get((policy, attention))
-        if base is None:
+        if fixed is not None:
+            base = {"requests_per_s": 1.0}  # absolute rates: "fractions" of 1 req/s
+        elif base is None:
             runs.append({"scheduler": policy, "skipped": "no offline run to size the rates"})
             continue
         if b.left() < (30 if b.cuda else 10):
             runs.append({"scheduler": policy, "skipped": f"budget ({b.left():.0f}s left)"})
             continue
         engine, info = make_engine(b, scheduler=policy, attention=attention)
-        for frac in fractions:
+        for frac in fixed or fractions:
             qps = frac * base["requests_per_s"]
             per_run = b.left() / max(1, len(fractions)) - 5
             n = int(min(b.sizes.online_requests, max(4, qps * per_run * 0.6)))
@@ -569,7 +579,7 @@ def section_online(b: Bench) -> None:
                                          max_prompt_tokens=b.sizes.max_prompt_tokens,
                                          max_output_tokens=b.sizes.max_output_tokens, seed=1))
             r = run(b, engine, wl, detokenize=True)
-            entry = {"scheduler": policy, "attention": attention, "fraction_of_offline_rate": frac, "qps": qps,
+            entry = {"scheduler": policy, "attention": attention, "fraction_of_offline_rate": None if fixed else frac, "qps": qps,
                      "requests": n, "completed": r["completed"], "stopped_early": r["stopped_early"],
                      "ttft_p50": r["ttft"]["p50"], "ttft_p99": r["ttft"]["p99"], "tbt_p50": r["tbt"]["p50"],
                      "tbt_p99": r["tbt"]["p99"], "scheduling_delay_p50": r["scheduling_delay"]["p50"],
@@ -687,9 +697,13 @@ def main() -> None:
     ap.add_argument("--virtual-pairs", default="sarathi:triton",
                     help="scheduler:attention pairs also run offline over virtual KV (vAttention); '' for none")
     ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--cuda-graph-max-tokens", type=int, default=1024,
+                    help="engines' piecewise CUDA graphs for steps with prefill tokens up to this size (0 = eager)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--hf-batch-size", type=int, default=64)
     ap.add_argument("--online-schedulers", default="sarathi,vllm")
+    ap.add_argument("--online-rates", default="",
+                    help="absolute Poisson rates (req/s) for every online policy, instead of fractions of its offline rate")
     ap.add_argument("--online-fractions", default="0.5,0.8,0.3", help="Poisson rates as fractions of the offline request rate")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_e2e.json (default $OUT)")
     args = ap.parse_args()

@@ -138,11 +138,21 @@ class EngineConfig:
     max_model_len: int | None = None
     """Context cap; None = the model's own (clipped to 8192 on CPU)."""
     enforce_eager: bool = False
-    """Never use CUDA graphs (they are captured by default on CUDA with the triton and
-    pod backends, for decode-only iterations); vLLM's flag name."""
+    """Never use CUDA graphs (captured by default on CUDA with the triton, pod and sdpa
+    backends: whole decode-only steps, and piecewise the layers of steps with prefill
+    tokens); vLLM's flag name."""
+    cuda_graph_max_tokens: int = 1024
+    """Iterations with prefill tokens and at most this many tokens run their layers as
+    piecewise CUDA graphs (attention eager between pieces); larger ones run eagerly, where
+    the device time exceeds the launch time anyway. 0 turns piecewise graphs off."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     profile: str | None = None
     """Profile directory (``podserve profile``) of this model on this device: the cost model
     that ``scheduler.tbt_slo`` predicts iteration times with. Unused without a TBT SLO."""
+
+    def __post_init__(self):
+        if self.cuda_graph_max_tokens < 0:
+            raise ValueError(f"cuda_graph_max_tokens must be >= 0 (0 turns piecewise graphs off), "
+                             f"got {self.cuda_graph_max_tokens}")

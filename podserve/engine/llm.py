@@ -24,7 +24,8 @@ class LLM:
         kv_layout: "paged" or "virtual" (contiguous KV per request, pages mapped on demand).
         decode_maximal: original Sarathi (one prefill chunk per iteration).
         gpu_memory_utilization: fraction of GPU memory for weights, activations and KV.
-        enforce_eager: no CUDA graphs for decode iterations (they are on by default on CUDA).
+        enforce_eager: no CUDA graphs (on by default on CUDA: whole decode steps, and the
+        layers of steps with prefill tokens up to ``cuda_graph_max_tokens`` tokens).
         tensor_parallel_size, pipeline_parallel_size: ranks per layer and pipeline stages;
         above 1 the model runs in worker processes (``close()`` or ``with LLM(...)`` stops them).
     """
@@ -49,6 +50,7 @@ class LLM:
         kv_layout: str = "paged",
         gpu_memory_utilization: float = 0.9,
         enforce_eager: bool = False,
+        cuda_graph_max_tokens: int = 1024,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
     ):
@@ -60,6 +62,7 @@ class LLM:
             seed=seed,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
+            cuda_graph_max_tokens=cuda_graph_max_tokens,
             scheduler=SchedulerConfig(
                 policy=scheduler,
                 chunk_size=chunk_size,

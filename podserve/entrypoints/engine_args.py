@@ -38,6 +38,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attention", default="torch", choices=["torch", "triton", "pod", "sdpa"],
                    help="attention backend (default: torch reference; sdpa: FlashAttention/cuDNN prefill through torch SDPA, for --kv virtual)")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: run every iteration eagerly (graphs are captured by default on CUDA with --attention triton/pod)")
+    g.add_argument("--cuda-graph-max-tokens", type=int, default=1024, help="iterations with prefill tokens and at most this many tokens run their layers as piecewise CUDA graphs, attention eager between them; 0 = eager (default: 1024)")
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="split every layer over N worker processes (one per GPU on CUDA); N must divide the attention heads (default: 1)")
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="split the layers over N pipeline stages, one worker process each; N must divide the layers (default: 1)")
@@ -53,6 +54,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         seed=args.seed,
         max_model_len=args.max_model_len,
         enforce_eager=args.enforce_eager,
+        cuda_graph_max_tokens=args.cuda_graph_max_tokens,
         scheduler=SchedulerConfig(
             policy=args.scheduler,
             chunk_size=args.chunk_size,

@@ -93,7 +93,7 @@ class ModelRunner:
         reserve = None
         if self.activation_bytes is not None:
             logits = sched.max_num_seqs * model_config.vocab_size * SAMPLER_BYTES_PER_LOGIT
-            reserve = self.activation_bytes + logits + GRAPH_POOL_RESERVE
+            reserve = self.activation_bytes + logits + GRAPH_POOL_RESERVE + self._piecewise_static_bytes()
         if config.cache.kv_layout == "virtual":
             # One contiguous slot per running request: slots = max_num_seqs.
             self.kv_pool = VirtualKVPool.create(model_config, config.cache, self.dtype, self.device, sched.max_num_seqs,
@@ -107,13 +107,20 @@ class ModelRunner:
         self.sampler = Sampler(self.device, config.seed)
         self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
         self.graphs = None
+        self.hybrid_graphs = None
         if self.use_cuda_graphs:
             from podserve.executor.cuda_graphs import DecodeGraphs, graph_buckets
+            from podserve.executor.piecewise_graphs import HybridGraphs, token_buckets
 
             self._try(self.warmup_kernels, "kernel warm-up")
             graphs = DecodeGraphs(self, graph_buckets(sched.max_num_seqs))
             if self._try(graphs.capture, "CUDA graph capture", failed=False) is not False:
                 self.graphs = graphs
+            max_tokens = self.piecewise_max_tokens
+            if max_tokens:
+                hybrid = HybridGraphs(self, token_buckets(max_tokens), pool=self.graphs and self.graphs._pool)
+                if self._try(hybrid.capture, "piecewise CUDA graph capture", failed=False) is not False:
+                    self.hybrid_graphs = hybrid
 
     def _try(self, fn, what: str, failed=None):
         """Run a start-up optimisation; on failure warn, record it and return ``failed`` (the
@@ -151,6 +158,20 @@ class ModelRunner:
         return (self._cuda and sharded_ok and not self.config.enforce_eager
                 and self.config.attention in CAPTURABLE_BACKENDS)
 
+    @property
+    def piecewise_max_tokens(self) -> int:
+        """Largest piecewise-graph bucket: ``cuda_graph_max_tokens`` capped by the token budget."""
+        return min(self.config.cuda_graph_max_tokens, self.max_num_tokens)
+
+    def _piecewise_static_bytes(self) -> int:
+        if not self.use_cuda_graphs or not self.piecewise_max_tokens:
+            return 0
+        from podserve.executor.piecewise_graphs import static_bytes
+
+        c = self.model_config
+        return static_bytes(c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim,
+                            self.piecewise_max_tokens, torch.finfo(self.dtype).bits // 8)
+
     # --- one step ------------------------------------------------------------------------
     def prepare(self, batch: ScheduledBatch):
         """Flatten the batch into varlen device tensors (decodes first, then prefill chunks).
@@ -168,6 +189,13 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.caches, inputs.meta, self.backend)
         if all_rows:
             return self.model.compute_logits(hidden)
+        if not inputs.sample_rows:
+            return None
+        return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
+
+    def _piecewise_logits(self, inputs: ModelInputs) -> torch.Tensor | None:
+        """Like ``_forward_logits`` over the piecewise graphs (``piecewise_graphs.py``)."""
+        hidden = self.hybrid_graphs.run(inputs)  # [num_tokens, hidden]
         if not inputs.sample_rows:
             return None
         return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
@@ -191,6 +219,8 @@ class ModelRunner:
             events[0].record()  # after the input copy: device time = forward + sampling
         if graphed:
             logits = self.graphs.replay(bucket, batch.num_seqs)
+        elif self.hybrid_graphs is not None and self.hybrid_graphs.can_run(batch):
+            logits = self._piecewise_logits(inputs)
         else:
             logits = self._forward_logits(inputs)
         if self._virtual:

@@ -29,13 +29,22 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
         self.rope = rope
 
-    def forward(self, positions, x, kv_cache, meta: AttentionMetadata, backend: AttentionBackend):
+    def project_qkv(self, positions, x):
+        """Token-wise half before attention: q, k, v with RoPE applied.
+
+        x [num_tokens, hidden] -> q [num_tokens, num_heads, head_dim],
+        k and v [num_tokens, num_kv_heads, head_dim]. Piecewise CUDA graphs capture it."""
         n = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(n, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
-        k = k.view(n, self.num_kv_heads, self.head_dim)  # [num_tokens, num_kv_heads, head_dim]
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
         q, k = self.rope(positions, q, k)
+        return q, k, v
+
+    def forward(self, positions, x, kv_cache, meta: AttentionMetadata, backend: AttentionBackend):
+        n = x.shape[0]
+        q, k, v = self.project_qkv(positions, x)
         out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.reshape(n, self.q_size))
 

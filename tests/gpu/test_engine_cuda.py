@@ -1,6 +1,7 @@
 """The engine on CUDA agrees with the CPU engine (run through the device tool; skipped on CPU)."""
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -44,3 +45,33 @@ def test_cuda_bf16_logits_close_to_float32(tmp_path):
             logits.append(runner.model.compute_logits(hidden[sample_idx]).float())
     err = (logits[0] - logits[1]).abs().max() / logits[0].abs().max()
     assert err < 3e-2, err
+
+
+@pytest.mark.parametrize("kv_layout", ["paged", "virtual"])
+def test_piecewise_graphs_give_the_eager_tokens(tmp_path, kv_layout):
+    # Steps with prefill tokens replay the captured layer pieces (attention eager between
+    # them), padded to token buckets; float32 so that the eager run is an exact reference.
+    from podserve.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    write_tiny_llama(tmp_path, seed=5, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    rng = random.Random(2)
+    prompts = [[rng.randrange(2, 258) for _ in range(n)] for n in (300, 17, 64, 150, 5, 90)]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    common = dict(model=str(tmp_path), device="cuda", dtype="float32", attention="triton", max_model_len=2048,
+                  scheduler=SchedulerConfig(max_num_seqs=4, chunk_size=100),
+                  cache=CacheConfig(kv_layout=kv_layout, num_blocks=64 if kv_layout == "paged" else None))
+    graphed = LLM.from_config(EngineConfig(**common))
+    runner = graphed.engine.runner
+    assert runner.hybrid_graphs is not None and runner.hybrid_graphs.captured, runner.startup_errors
+    steps = []
+    run = runner.hybrid_graphs.run
+    runner.hybrid_graphs.run = lambda inputs: steps.append(inputs.num_tokens) or run(inputs)
+    a = [o.outputs[0].token_ids for o in graphed.generate(prompts, params, use_tqdm=False)]
+    assert len(set(steps)) > 2, steps  # several buckets, hybrid and prefill-only steps
+    del graphed, runner, run
+    gc.collect()  # the first engine's KV pool must be gone before the second sizes its own
+    torch.cuda.empty_cache()
+    eager = LLM.from_config(EngineConfig(**common, enforce_eager=True))
+    b = [o.outputs[0].token_ids for o in eager.generate(prompts, params, use_tqdm=False)]
+    assert a == b
