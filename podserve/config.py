@@ -98,6 +98,10 @@ class ParallelConfig:
     workers' collectives time out after the larger of the two."""
     worker_threads: int | None = None
     """CPU threads per worker (torch intra-op); None = the machine's cores shared evenly."""
+    async_scheduling: bool = True
+    """Tensor parallelism without pipeline stages: schedule and submit step N+1 while the
+    workers run step N (its decodes' input tokens are filled in by the workers from their
+    own step-N samples), so the engine's host work overlaps the GPUs'. See core/inflight.py."""
 
     def __post_init__(self):
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from podserve.request import SamplingParams
 
 
+PENDING_TOKEN = -1
+"""Input token of a decode scheduled while the step that samples it is still running
+(asynchronous scheduling, ``core/inflight.py``): the executor substitutes the token it
+sampled for that request in the previous step."""
+
+
 @dataclass
 class ScheduledSeq:
     """One request's share of an iteration: a decode token or a prefill chunk."""

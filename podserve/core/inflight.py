@@ -21,6 +21,19 @@ simulator's replicas share them.
    hidden): the running set splits into ``pp`` groups that take turns, as vLLM's virtual
    engines and Sarathi's uniform micro-batches do. New requests are admitted as usual.
 
+With ``lookahead`` (asynchronous scheduling for tensor parallelism: one executor, two
+steps in flight, the next scheduled while the previous runs) rules 1 and 3 change:
+
+1'. *Scheduled again with the token pending.* A request whose sampled token is still in
+    flight stays visible, as if that step had returned: ``num_computed_tokens`` advanced
+    by the step's tokens and a ``PENDING_TOKEN`` placeholder appended to its output for
+    the duration of ``schedule``. Its next decode feeds the placeholder, which the
+    executor replaces with the token it sampled one step earlier (the steps run in
+    order). It is pinned meanwhile. A request whose pending token is sure to be its last
+    (``max_tokens``, the context limit) is hidden instead; one that stops on EOS or a stop
+    string costs one wasted decode, dropped by ``scheduler.update`` (the request is gone).
+3'. No quota: every step sees every running request, as the synchronous engine does.
+
 Hidden requests sit out of ``scheduler.running`` while the policy builds the batch and are
 merged back in their original order; they are neither scheduled nor preempted, so
 ``max_num_seqs`` bounds the requests of each micro-batch rather than of the whole
@@ -29,18 +42,24 @@ untouched: any policy works, and with one stage this is exactly ``scheduler.sche
 """
 from __future__ import annotations
 
-from podserve.core.batch import ScheduledBatch
+from podserve.core.batch import PENDING_TOKEN, ScheduledBatch
 
 
 class InFlightBatches:
     """Tracks, per request id, the submitted micro-batches that have not returned yet."""
 
-    def __init__(self, num_stages: int = 2):
+    def __init__(self, num_stages: int = 2, lookahead: bool = False):
+        """``num_stages``: micro-batches in flight at most (pipeline stages, or 2 for
+        asynchronous scheduling); ``lookahead``: rules 1' and 3' instead of 1 and 3."""
         self._count: dict[str, int] = {}
-        """In-flight sequences that sample a token, per request: the request is hidden."""
+        """In-flight sequences that sample a token, per request: the request is hidden
+        (with ``lookahead``: shown with its token pending)."""
+        self._sampling_tokens: dict[str, int] = {}
+        """With ``lookahead``: input tokens of each request's in-flight sampling sequence."""
         self._ahead: dict[str, list[int]] = {}
         """In-flight non-final prefill chunks per request: [number of chunks, tokens]."""
         self.num_stages = num_stages
+        self.lookahead = lookahead
         self._track = num_stages > 1
         """One stage only counts batches: a batch always returns before the next forms."""
         self.num_batches = 0
@@ -62,6 +81,8 @@ class InFlightBatches:
             rid = s.request_id
             if s.do_sample:
                 count[rid] = count.get(rid, 0) + 1
+                if self.lookahead:
+                    self._sampling_tokens[rid] = len(s.token_ids)
             else:
                 chunks = ahead.get(rid)
                 if chunks is None:
@@ -84,6 +105,7 @@ class InFlightBatches:
                     count[rid] = left
                 else:
                     del count[rid]
+                    self._sampling_tokens.pop(rid, None)
             else:
                 chunks = ahead[rid]
                 chunks[0] -= 1
@@ -98,12 +120,26 @@ class InFlightBatches:
         if not self._track or not saved:
             return scheduler.schedule(now)
         count, ahead = self._count, self._ahead
-        quota = -(-len(saved) // self.num_stages)
-        visible = [r for r in saved if r.request_id not in count][:quota]
+        pending: list = []  # lookahead: requests shown with a placeholder for their pending token
+        if self.lookahead:
+            visible = []
+            for r in saved:
+                n = count.get(r.request_id)
+                if n is None:
+                    visible.append(r)
+                elif n == 1 and not self._ends_with_pending(r, scheduler):
+                    visible.append(r)
+                    pending.append(r)
+        else:
+            quota = -(-len(saved) // self.num_stages)
+            visible = [r for r in saved if r.request_id not in count][:quota]
         advanced = [(r, ahead[r.request_id][1]) for r in visible if r.request_id in ahead] if ahead else []
+        advanced += [(r, self._sampling_tokens[r.request_id]) for r in pending]
         for r, tokens in advanced:
             r.num_computed_tokens += tokens
             scheduler.pinned.add(r.request_id)
+        for r in pending:
+            r.output_token_ids.append(PENDING_TOKEN)
         try:
             if len(visible) == len(saved):
                 return scheduler.schedule(now)
@@ -119,7 +155,16 @@ class InFlightBatches:
                 merged += [r for r in after if id(r) not in before]  # admitted this iteration, newest last
                 scheduler.running = merged
         finally:
+            for r in pending:
+                r.output_token_ids.pop()
             for r, tokens in advanced:
                 r.num_computed_tokens -= tokens
             if advanced:
                 scheduler.pinned.clear()
+
+    @staticmethod
+    def _ends_with_pending(request, scheduler) -> bool:
+        """The token in flight is certainly the request's last (length limits only)."""
+        num_output = len(request.output_token_ids) + 1
+        return (num_output >= request.sampling_params.max_tokens
+                or len(request.prompt_token_ids) + num_output >= scheduler.max_total_tokens)

@@ -44,8 +44,12 @@ class Engine:
         self.num_stages = parallel.pipeline_parallel_size
         self.pipeline_stats: PipelineStats | None = PipelineStats(self.num_stages) if parallel.is_distributed else None
         """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
-        self._inflight = InFlightBatches(self.num_stages)
+        self.async_scheduling = (parallel.is_distributed and self.num_stages == 1 and parallel.async_scheduling)
+        """Tensor parallelism: two steps in flight, the next scheduled while one runs."""
+        self._depth = 2 if self.async_scheduling else self.num_stages
+        self._inflight = InFlightBatches(self._depth, lookahead=self.async_scheduling)
         self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
+        self._last_done = 0.0  # async scheduling: when the previous step's tokens came back
         cache = self.config.cache
         if cache.kv_layout == "virtual":
             # Slots and physical pages; the pool applies the manager's map/unmap plan each step.
@@ -131,6 +135,12 @@ class Engine:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._pending)
 
+    def drain(self) -> None:
+        """Collect steps still in flight that no unfinished request waits for (asynchronous
+        scheduling leaves one behind when its last request stopped on EOS one step earlier)."""
+        while self._pending and not self.scheduler.has_unfinished():
+            self.step()
+
     def close(self) -> None:
         """Stop the worker processes of a tensor/pipeline-parallel engine (idempotent)."""
         close = getattr(self.runner, "close", None)
@@ -146,7 +156,7 @@ class Engine:
     # --- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
-        if self.num_stages > 1:
+        if self._depth > 1:
             return self._step_pipelined()
         host0 = time.perf_counter()
         start = self.clock()
@@ -163,8 +173,10 @@ class Engine:
     def _step_pipelined(self) -> list[RequestOutput]:
         """Pipeline parallelism: keep up to ``num_stages`` micro-batches in flight, then
         apply the oldest when its tokens return. Requests of in-flight micro-batches are
-        hidden from the scheduler (``InFlightBatches``), so none is scheduled twice."""
-        while len(self._pending) < self.num_stages:
+        hidden from the scheduler (``InFlightBatches``), so none is scheduled twice.
+        Asynchronous scheduling (tensor parallelism) keeps two steps in flight the same way,
+        each over every running request (``InFlightBatches(lookahead=True)``)."""
+        while len(self._pending) < self._depth:
             start = self.clock()
             batch = self._inflight.schedule(self.scheduler, start)
             if batch.is_empty:
@@ -177,7 +189,12 @@ class Engine:
         batch, start = self._pending.popleft()
         output = self.runner.collect()
         self._inflight.remove(batch)
-        return self._apply(batch, output, start, self.clock())
+        now = self.clock()
+        if self.async_scheduling:
+            # A step scheduled while the previous one ran starts, for the metrics, when that
+            # one's tokens came back: iteration durations then add up to the wall time.
+            start, self._last_done = max(start, self._last_done), now
+        return self._apply(batch, output, start, now)
 
     def _apply(self, batch, output, start: float, now: float) -> list[RequestOutput]:
         """Update the scheduler with an executed batch; detokenize; build the outputs."""

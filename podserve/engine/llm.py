@@ -151,6 +151,7 @@ class LLM:
                         results[out.request_id] = out
                         if bar is not None:
                             bar.update(1)
+            self.engine.drain()
         except BaseException:
             for rid in ids:
                 if rid not in results:

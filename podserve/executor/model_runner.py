@@ -20,7 +20,7 @@ import torch
 
 from podserve.attention import make_backend
 from podserve.config import EngineConfig
-from podserve.core.batch import ExecutorOutput, IterationTiming, ScheduledBatch, ScheduledSeq
+from podserve.core.batch import PENDING_TOKEN, ExecutorOutput, IterationTiming, ScheduledBatch, ScheduledSeq
 from podserve.executor.inputs import InputBuffers, ModelInputs
 from podserve.executor.sampler import Sampler
 from podserve.memory.paged_pool import PagedKVPool
@@ -106,6 +106,8 @@ class ModelRunner:
         self.inputs = InputBuffers(self.device, self.max_num_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
         self.sampler = Sampler(self.device, config.seed)
         self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
+        self._last_sampled: dict[str, int | None] = {}
+        """Tokens sampled by the previous step, by request (asynchronous scheduling)."""
         self.graphs = None
         self.hybrid_graphs = None
         if self.use_cuda_graphs:
@@ -204,6 +206,8 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> ExecutorOutput:
         """Run one iteration and sample a token for every sequence that asks for one."""
         start = time.perf_counter()
+        if self._sharded:
+            self._fill_pending_tokens(batch)
         timing = IterationTiming()
         events = None
         if self._cuda:
@@ -239,9 +243,24 @@ class ModelRunner:
         if tokens is not None:
             for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync
                 sampled[i] = t
+        if self._sharded:
+            seqs = batch.seqs
+            self._last_sampled = {seqs[i].request_id: sampled[i] for i in inputs.sample_rows}
         if self._pending:
             self._resolve_timings()  # all done after a sync; otherwise those that are, no waiting
         return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - start, timing=timing)
+
+    def _fill_pending_tokens(self, batch: ScheduledBatch) -> None:
+        """Asynchronous scheduling: a decode scheduled while its token was still being sampled
+        feeds ``PENDING_TOKEN``; the token is the one this rank sampled for the request in the
+        previous step (the steps run in order, and every rank samples the same tokens)."""
+        last = self._last_sampled
+        for s in batch.seqs[: batch.num_decodes]:
+            if s.token_ids[0] == PENDING_TOKEN:
+                token = last.get(s.request_id)
+                if token is None:
+                    raise RuntimeError(f"decode of {s.request_id!r} waits for a token the previous step did not sample")
+                s.token_ids = [token]
 
     def _resolve_timings(self, wait: bool = False) -> None:
         """Fill in the device time of every finished step (all of them after a sync)."""

@@ -46,3 +46,27 @@ def test_parameter_shapes_match_the_model():
         with torch.device("meta"):
             model = LlamaForCausalLM(config, max_positions=2)
         assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == parameter_shapes(config), name
+
+
+def test_tp2_async_scheduling_stops_where_tp1_stops(tiny_llama_dir, reference_tokens):
+    # Two steps in flight: a request that stops early (a stop token sampled mid-way) has one
+    # more decode already scheduled; its token is dropped and the outputs equal TP=1's.
+    from podserve.request import SamplingParams
+    from tests.distributed.parallel_helpers import PROMPTS
+
+    stops = sorted({toks[3] for toks in reference_tokens})
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, stop_token_ids=stops)
+    expected = generate_tokens(LLM(tiny_llama_dir, **ENGINE), PROMPTS, params)
+    assert any(len(t) < 10 for t in expected)
+    with LLM(tiny_llama_dir, tensor_parallel_size=2, **ENGINE) as llm:
+        assert llm.engine.async_scheduling
+        assert generate_tokens(llm, PROMPTS, params) == expected
+        assert not llm.engine.has_unfinished_requests()
+    from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
+
+    config = EngineConfig(model=tiny_llama_dir, max_model_len=256,
+                          scheduler=SchedulerConfig(chunk_size=16), cache=CacheConfig(num_blocks=128),
+                          parallel=ParallelConfig(tensor_parallel_size=2, async_scheduling=False))
+    with LLM.from_config(config) as llm:
+        assert not llm.engine.async_scheduling
+        assert generate_tokens(llm, PROMPTS, params) == expected

@@ -45,6 +45,11 @@ class Scheduler:
         """A request ends by length on reaching this many tokens: the context limit, or one
         past what the whole KV cache holds (its next decode could never run)."""
 
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt plus output tokens at which a request ends by length."""
+        return self._max_total_tokens
+
     # --- request lifecycle -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         """Queue a request; reject at once one that could never run."""
@@ -274,13 +279,16 @@ class Scheduler:
 
     def _reserve_decode(self, request: Request, batch: ScheduledBatch) -> bool:
         """Find KV for one more token of ``request``, preempting the newest running
-        requests if needed. Returns False if ``request`` itself had to be preempted."""
+        requests if needed. Returns False if ``request`` itself had to be preempted, or if
+        every other candidate is pinned (in flight): then it simply waits a step."""
         num_tokens = request.num_computed_tokens + 1
         grow, pinned = self.kv.grow, self.pinned
         while not grow(request, num_tokens):
             victim = self.running[-1]
             if pinned and victim.request_id in pinned:
-                victim = next(r for r in reversed(self.running) if r.request_id not in pinned)
+                victim = next((r for r in reversed(self.running) if r.request_id not in pinned), None)
+                if victim is None:
+                    return False  # every candidate is in flight: this decode waits a step, nothing preempted
             self._preempt(victim, batch)
             if victim is request:
                 return False
