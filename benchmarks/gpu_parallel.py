@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None, attention=None,
-                  enforce_eager=False):
+                  enforce_eager=False, async_scheduling=True):
     from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 
     return EngineConfig(
@@ -37,7 +37,7 @@ def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cac
         enforce_eager=enforce_eager,
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs),
         cache=CacheConfig(block_size=16, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory=kv_cache_memory),
-        parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp),
+        parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp, async_scheduling=async_scheduling),
     )
 
 
@@ -205,10 +205,13 @@ def part_throughput(args, record) -> None:
     workload = generate(WorkloadConfig(
         num_requests=args.decode_requests, lengths="fixed", prompt_tokens=args.decode_prompt_tokens,
         output_tokens=args.decode_output_tokens, arrival="static", seed=0))
-    for tp in (1, args.tp):
-        label = f"throughput tp{tp} decode-heavy"
+    # TP=1, TP=N with asynchronous scheduling (the default), and TP=N synchronous as its baseline.
+    variants = [(1, True), (args.tp, True)] + ([(args.tp, False)] if args.tp > 1 else [])
+    for tp, overlap in variants:
+        label = f"throughput tp{tp} decode-heavy" + ("" if tp == 1 else (" async" if overlap else " sync"))
         try:
-            r = run_workload_result(args, engine_config(args, tp=tp), workload, "throughput")
+            r = run_workload_result(args, engine_config(args, tp=tp, async_scheduling=overlap), workload, "throughput")
+            r["async_scheduling"] = overlap and tp > 1
         except Exception as e:
             r = {"part": "throughput", "tp": tp, "pp": 1, "error": _error(e)}
         record(label, r)
