@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FUSED_CUDA_OPS = os.environ.get("PODSERVE_FUSED_OPS", "1") != "0"
+"""On CUDA, RMSNorm, RoPE and SiLU-and-mul run as one Triton kernel each
+(``podserve/kernels/elementwise.py``, same rounding as the torch code here); set
+``PODSERVE_FUSED_OPS=0`` to run the torch ops instead (e.g. to measure the difference)."""
+
+
+def _fused(x: torch.Tensor) -> bool:
+    return FUSED_CUDA_OPS and x.is_cuda
 
 
 class RMSNorm(nn.Module):
@@ -17,6 +27,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
+        if _fused(x) and x.dim() == 2 and x.dtype == self.weight.dtype:
+            from podserve.kernels.elementwise import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -59,6 +73,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # positions [num_tokens]; q [num_tokens, num_heads, head_dim]; k [num_tokens, num_kv_heads, head_dim]
+        if _fused(q):
+            from podserve.kernels.elementwise import rotary_embedding
+
+            return rotary_embedding(positions, q, k, self.cos, self.sin)  # in place on the qkv output
         cos = self.cos[positions].unsqueeze(1)  # [num_tokens, 1, head_dim // 2]
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -78,5 +96,9 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
+        if _fused(x):
+            from podserve.kernels.elementwise import silu_and_mul
+
+            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
