@@ -98,10 +98,13 @@ class ParallelConfig:
     workers' collectives time out after the larger of the two."""
     worker_threads: int | None = None
     """CPU threads per worker (torch intra-op); None = the machine's cores shared evenly."""
-    async_scheduling: bool = True
-    """Tensor parallelism without pipeline stages: schedule and submit step N+1 while the
-    workers run step N (its decodes' input tokens are filled in by the workers from their
-    own step-N samples), so the engine's host work overlaps the GPUs'. See core/inflight.py."""
+    async_scheduling: bool | None = None
+    """Schedule and submit step N+1 while step N runs (its decodes' input tokens are filled
+    in on the device from step N's samples), so the host's work overlaps the GPUs'. See
+    core/inflight.py. None (default) = on for tensor parallelism and for one CUDA device with
+    paged KV; True = also on CPU; False = off. Never with pipeline stages (they pipeline
+    micro-batches instead) or virtual KV (a finished request's pages are unmapped while the
+    step in flight may still touch them)."""
 
     def __post_init__(self):
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):

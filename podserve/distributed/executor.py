@@ -99,8 +99,9 @@ class DistributedExecutor:
         except (OSError, EOFError) as e:
             self._fail(f"could not send a batch to the workers ({e})")
 
-    def collect(self) -> ExecutorOutput:
-        """Wait for the oldest submitted micro-batch and return its tokens and stage spans."""
+    def collect(self, handle=None) -> ExecutorOutput:
+        """Wait for the oldest submitted micro-batch and return its tokens and stage spans
+        (``handle``, what ``submit`` returned, is unused: batches return in order)."""
         self._check_usable()
         if not self._pending:
             raise RuntimeError("collect() without a submitted batch")

@@ -19,6 +19,7 @@ import pickle
 import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import replace
 
 
@@ -110,27 +111,44 @@ def _serve(conn, ctx, runner) -> None:
 
     recv = runner.model.embed_tokens if isinstance(runner.model.embed_tokens, PipelineRecv) else None
     cuda = runner.device.type == "cuda"
+    # Asynchronous scheduling (tensor parallelism only): enqueue step N+1 before waiting for
+    # step N's tokens when the engine has already sent it, so the device never waits for
+    # this process to unpickle and prepare the next step. Pipeline stages stay one at a time
+    # (PipelineRecv waits on the host for activations).
+    depth = 2 if recv is None and ctx.pp == 1 and runner.config.parallel.async_scheduling is not False else 1
+    inflight: deque = deque()  # (handle, picked-up time, unpickle seconds)
+    last_end = 0.0
     while True:
-        message = conn.recv()
-        if message[0] == "shutdown":
-            return
-        t_recv = time.perf_counter()
-        batch = pickle.loads(message[1])
-        start = time.perf_counter()
-        if not ctx.is_last_stage:
-            for s in batch.seqs:
-                s.do_sample = False
-        output = runner.execute(batch)
-        if cuda:  # compute done (not the activations' send: waiting for the next stage is idle)
-            torch.cuda.current_stream(runner.device).synchronize()
+        if len(inflight) < depth:
+            ready = conn.poll() if inflight else True
+            while not ready and not runner.is_done(inflight[0][0]):
+                ready = conn.poll(0.0002)
+            if ready:
+                message = conn.recv()
+                if message[0] == "shutdown":
+                    return
+                t_recv = time.perf_counter()
+                batch = pickle.loads(message[1])
+                start = time.perf_counter()
+                if not ctx.is_last_stage:
+                    for s in batch.seqs:
+                        s.do_sample = False
+                inflight.append((runner.submit(batch), start, start - t_recv))
+                continue
+        handle, start, unpickle_s = inflight.popleft()
+        output = runner.collect(handle)
+        if cuda and not inflight:  # compute done (not the activations' send: waiting for the next stage is idle)
+            torch.cuda.current_stream(runner.device).synchronize()  # nothing queued behind it: free
             runner.flush_timings()
         end = time.perf_counter()
         if recv is not None:
             start = max(start, recv.received_at)  # waiting for activations is idle, not busy
+        start = max(start, last_end)  # two steps in flight: busy spans do not overlap
+        last_end = end
         if ctx.is_stage_leader:
             tokens = output.sampled_token_ids if ctx.is_last_stage else None
             timing = output.timing
-            where = {"unpickle_s": start - t_recv, "busy_s": end - start,
+            where = {"unpickle_s": unpickle_s, "busy_s": end - start,
                      "enqueue_s": timing.enqueue_s if timing is not None else None,
                      "gpu_s": timing.gpu_s if timing is not None else None}
             conn.send(("done", start, end, tokens, where))

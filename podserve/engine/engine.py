@@ -44,8 +44,8 @@ class Engine:
         self.num_stages = parallel.pipeline_parallel_size
         self.pipeline_stats: PipelineStats | None = PipelineStats(self.num_stages) if parallel.is_distributed else None
         """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
-        self.async_scheduling = (parallel.is_distributed and self.num_stages == 1 and parallel.async_scheduling)
-        """Tensor parallelism: two steps in flight, the next scheduled while one runs."""
+        self.async_scheduling = _use_async_scheduling(self.config)
+        """Two steps in flight, the next scheduled while one runs (``ParallelConfig.async_scheduling``)."""
         self._depth = 2 if self.async_scheduling else self.num_stages
         self._inflight = InFlightBatches(self._depth, lookahead=self.async_scheduling)
         self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
@@ -177,17 +177,22 @@ class Engine:
         Asynchronous scheduling (tensor parallelism) keeps two steps in flight the same way,
         each over every running request (``InFlightBatches(lookahead=True)``)."""
         while len(self._pending) < self._depth:
+            host0 = time.perf_counter()
             start = self.clock()
             batch = self._inflight.schedule(self.scheduler, start)
             if batch.is_empty:
                 break
             self._inflight.add(batch)
-            self.runner.submit(batch)
-            self._pending.append((batch, start))
+            schedule_s = time.perf_counter() - host0
+            handle = self.runner.submit(batch)
+            self._pending.append((batch, start, handle, schedule_s))
         if not self._pending:
             return []
-        batch, start = self._pending.popleft()
-        output = self.runner.collect()
+        batch, start, handle, schedule_s = self._pending.popleft()
+        output = self.runner.collect(handle)
+        timing = getattr(output, "timing", None)
+        if timing is not None and timing.enqueue_s is not None:
+            timing.cpu_s = schedule_s + timing.enqueue_s
         self._inflight.remove(batch)
         now = self.clock()
         if self.async_scheduling:
@@ -247,3 +252,18 @@ class Engine:
             delta_text=delta,
             delta_token_ids=list(delta_ids),
         )
+
+
+def _use_async_scheduling(config) -> bool:
+    """Whether the engine keeps two steps in flight (see ``ParallelConfig.async_scheduling``)."""
+    parallel, wanted = config.parallel, config.parallel.async_scheduling
+    if wanted is False or parallel.pipeline_parallel_size > 1:
+        return False
+    if parallel.is_distributed:
+        return True
+    if config.cache.kv_layout != "paged":
+        if wanted:
+            raise ValueError("async_scheduling needs paged KV: with --kv virtual a finished request's pages "
+                             "are unmapped while the step in flight may still touch them")
+        return False
+    return bool(wanted) or config.device.startswith("cuda")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from podserve.attention import make_backend
@@ -45,6 +47,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r} is not supported; choose auto, {', '.join(_DTYPES)}") from None
+
+
+@dataclass
+class StepHandle:
+    """A submitted step: where its tokens will be, and what ``collect`` needs."""
+
+    num_seqs: int
+    sample_rows: list[int]
+    tokens: torch.Tensor | None
+    """Pinned host copy of the sampled ids (filled by a queued copy), or None."""
+    done: object
+    """CUDA event after that copy (None on CPU: the copy is done)."""
+    timing: IterationTiming
+    start: float
 
 
 class ModelRunner:
@@ -106,8 +122,10 @@ class ModelRunner:
         self.inputs = InputBuffers(self.device, self.max_num_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
         self.sampler = Sampler(self.device, config.seed)
         self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
-        self._last_sampled: dict[str, int | None] = {}
-        """Tokens sampled by the previous step, by request (asynchronous scheduling)."""
+        self._prev_tokens: torch.Tensor | None = None
+        """Device tokens sampled by the last submitted step, and each request's row in them:
+        the input of decodes scheduled before that step returned (asynchronous scheduling)."""
+        self._prev_rows: dict[str, int] = {}
         self.graphs = None
         self.hybrid_graphs = None
         if self.use_cuda_graphs:
@@ -202,12 +220,19 @@ class ModelRunner:
             return None
         return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
 
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> ExecutorOutput:
         """Run one iteration and sample a token for every sequence that asks for one."""
+        return self.collect(self.submit(batch))
+
+    @torch.inference_mode()
+    def submit(self, batch: ScheduledBatch) -> "StepHandle":
+        """Enqueue one iteration (inputs, forward, sampling, the tokens' copy to pinned host
+        memory) without waiting for the device; ``collect`` returns its tokens.
+
+        Decodes fed ``PENDING_TOKEN`` (asynchronous scheduling) get the token sampled for
+        their request by the previously submitted step, gathered on the device: the two
+        steps run in stream order, so nothing waits on the host."""
         start = time.perf_counter()
-        if self._sharded:
-            self._fill_pending_tokens(batch)
         timing = IterationTiming()
         events = None
         if self._cuda:
@@ -219,6 +244,7 @@ class ModelRunner:
             inputs, bucket = self.graphs.stage(batch)
         else:
             inputs = self.inputs.prepare(batch, self.kv_pool.block_size)
+        self._fill_pending_tokens(batch, inputs)
         if events is not None:
             events[0].record()  # after the input copy: device time = forward + sampling
         if graphed:
@@ -229,38 +255,61 @@ class ModelRunner:
             logits = self._forward_logits(inputs)
         if self._virtual:
             self.kv_pool.end_step()
-        tokens = None
+        tokens = host = done = None
+        seqs = batch.seqs
         if logits is not None:
-            seqs = [batch.seqs[i] for i in inputs.sample_rows]
-            tokens = self.sampler(logits, [s.sampling_params for s in seqs], [s.num_output_tokens for s in seqs])
+            sampling = [seqs[i] for i in inputs.sample_rows]
+            tokens = self.sampler(logits, [s.sampling_params for s in sampling], [s.num_output_tokens for s in sampling])
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=self._cuda)
+            host.copy_(tokens, non_blocking=self._cuda)
+            if self._cuda:
+                done = torch.cuda.Event()
+                done.record()
+        self._prev_tokens = tokens
+        self._prev_rows = {seqs[i].request_id: j for j, i in enumerate(inputs.sample_rows)} if tokens is not None else {}
         if events is not None:
             events[1].record()
             self._pending.append((timing, *events))
         timing.enqueue_s = time.perf_counter() - start
         if self._virtual:
             self.kv_pool.after_enqueue()  # map pages for later steps while the device computes
-        sampled: list[int | None] = [None] * batch.num_seqs
-        if tokens is not None:
-            for i, t in zip(inputs.sample_rows, tokens.tolist()):  # the step's one sync
-                sampled[i] = t
-        if self._sharded:
-            seqs = batch.seqs
-            self._last_sampled = {seqs[i].request_id: sampled[i] for i in inputs.sample_rows}
-        if self._pending:
-            self._resolve_timings()  # all done after a sync; otherwise those that are, no waiting
-        return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - start, timing=timing)
+        return StepHandle(batch.num_seqs, inputs.sample_rows, host, done, timing, start)
 
-    def _fill_pending_tokens(self, batch: ScheduledBatch) -> None:
+    def collect(self, handle: "StepHandle") -> ExecutorOutput:
+        """Wait for a submitted step's tokens (its copy to the host, nothing later) and return them."""
+        sampled: list[int | None] = [None] * handle.num_seqs
+        if handle.tokens is not None:
+            if handle.done is not None:
+                handle.done.synchronize()  # the step's one sync
+            for i, t in zip(handle.sample_rows, handle.tokens.tolist()):
+                sampled[i] = t
+        if self._pending:
+            self._resolve_timings()  # those that are done, no waiting
+        return ExecutorOutput(sampled_token_ids=sampled, duration=time.perf_counter() - handle.start,
+                              timing=handle.timing)
+
+    def is_done(self, handle: "StepHandle") -> bool:
+        """Whether a submitted step's tokens have reached the host (no waiting)."""
+        return handle.done is None or handle.done.query()
+
+    def _fill_pending_tokens(self, batch: ScheduledBatch, inputs: ModelInputs) -> None:
         """Asynchronous scheduling: a decode scheduled while its token was still being sampled
-        feeds ``PENDING_TOKEN``; the token is the one this rank sampled for the request in the
-        previous step (the steps run in order, and every rank samples the same tokens)."""
-        last = self._last_sampled
-        for s in batch.seqs[: batch.num_decodes]:
-            if s.token_ids[0] == PENDING_TOKEN:
-                token = last.get(s.request_id)
-                if token is None:
-                    raise RuntimeError(f"decode of {s.request_id!r} waits for a token the previous step did not sample")
-                s.token_ids = [token]
+        feeds ``PENDING_TOKEN``; its input row takes the token sampled for the request by the
+        previous step, on the device (every rank of a tensor-parallel group samples the same)."""
+        nd = batch.num_decodes
+        seqs = batch.seqs
+        dst = [i for i in range(nd) if seqs[i].token_ids[0] == PENDING_TOKEN]
+        if not dst:
+            return
+        rows = self._prev_rows
+        missing = [seqs[i].request_id for i in dst if seqs[i].request_id not in rows]
+        if missing:
+            raise RuntimeError(f"decodes of {missing[:3]} wait for tokens the previous step did not sample")
+        src = [rows[seqs[i].request_id] for i in dst]
+        # Decodes come first, one row each: row i of the inputs is decode i.
+        dst_t = self.sampler._to_device(dst, np.int64)
+        src_t = self.sampler._to_device(src, np.int64)
+        inputs.input_ids.index_copy_(0, dst_t, self._prev_tokens.index_select(0, src_t))
 
     def _resolve_timings(self, wait: bool = False) -> None:
         """Fill in the device time of every finished step (all of them after a sync)."""
