@@ -17,6 +17,7 @@ kernel in both) are captured; the torch reference backend builds index tensors p
 """
 from __future__ import annotations
 
+import bisect
 import time
 
 import torch
@@ -34,6 +35,12 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
     return sorted(set(sizes + [max_num_seqs]))
 
 
+def smallest_bucket(buckets: list[int], n: int) -> int | None:
+    """The smallest of the sorted ``buckets`` that holds ``n``, or None if none does."""
+    i = bisect.bisect_left(buckets, n)
+    return buckets[i] if i < len(buckets) else None
+
+
 class DecodeGraphs:
     """Captured decode steps by bucket, over their own persistent input buffers."""
 
@@ -49,10 +56,7 @@ class DecodeGraphs:
         self.capture_s = 0.0
 
     def bucket(self, n: int) -> int | None:
-        for b in self.buckets:
-            if b >= n:
-                return b
-        return None
+        return smallest_bucket(self.buckets, n)
 
     def can_run(self, batch: ScheduledBatch) -> bool:
         """Decode-only, every sequence samples, and a bucket holds it."""

@@ -31,6 +31,7 @@ import time
 import torch
 
 from podserve.core.batch import ScheduledBatch
+from podserve.executor.cuda_graphs import smallest_bucket
 from podserve.executor.inputs import ModelInputs
 
 
@@ -75,10 +76,7 @@ class HybridGraphs:
         self.num_graphs = 0
 
     def bucket(self, n: int) -> int | None:
-        for b in self.buckets:
-            if b >= n:
-                return b
-        return None
+        return smallest_bucket(self.buckets, n)
 
     def can_run(self, batch: ScheduledBatch) -> bool:
         """Any batch with prefill tokens whose token count fits the largest bucket."""
