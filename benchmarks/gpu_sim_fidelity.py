@@ -142,7 +142,9 @@ def main(argv=None) -> int:
     # 1. Profile on this device as `podserve profile` does, in a child process: its engine's
     # KV pool and graph pools are gone when it exits, whatever still references them.
     t0 = time.perf_counter()
-    profile_dir = (out / "profile") if out is not None else Path(tempfile.mkdtemp(prefix="podserve-profile-"))
+    # Profiled into a temporary directory and archived under $OUT as one file: the device tool
+    # brings back at most 8 files, fewer than a profile has.
+    profile_dir = Path(tempfile.mkdtemp(prefix="podserve-profile-")) / "profile"
     import multiprocessing
 
     child = multiprocessing.get_context("spawn").Process(
@@ -154,6 +156,10 @@ def main(argv=None) -> int:
         results["profile"] = {"error": f"profiling process exited with {child.exitcode}"}
         save()
         return 1
+    if out is not None:
+        import shutil
+
+        shutil.make_archive(str(out / "profile"), "gztar", root_dir=profile_dir.parent, base_dir="profile")
     profile = load_profile(profile_dir)
     fitted = fit_profile(profile)
     engine_forward = profile.table("engine_forward")

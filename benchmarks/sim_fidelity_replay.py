@@ -22,7 +22,7 @@ import sys
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", required=True)
-    ap.add_argument("--profile", required=True)
+    ap.add_argument("--profile", required=True, help="profile directory, or the profile.tar.gz a GPU run wrote")
     ap.add_argument("--trace", default=None, help="trace CSV (default: the run's own --trace)")
     ap.add_argument("--num-kv-blocks", type=int, default=27000)
     args = ap.parse_args(argv)
@@ -37,7 +37,16 @@ def main(argv=None) -> int:
 
     recorded = json.load(open(args.results))
     a = recorded["args"]
-    profile = load_profile(args.profile)
+    profile_path = args.profile
+    if profile_path.endswith(".tar.gz"):  # gpu_sim_fidelity.py's archive of its profile directory
+        import tarfile
+        import tempfile
+
+        where = tempfile.mkdtemp(prefix="podserve-replay-")
+        with tarfile.open(profile_path) as tar:
+            tar.extractall(where, filter="data")
+        profile_path = f"{where}/profile"
+    profile = load_profile(profile_path)
     fitted = fit_profile(profile)
     errors = []
     print(f"replaying {args.results} ({recorded['device']}, {recorded['date']}) on {args.profile}")
