@@ -163,3 +163,19 @@ class EngineConfig:
         if self.cuda_graph_max_tokens < 0:
             raise ValueError(f"cuda_graph_max_tokens must be >= 0 (0 turns piecewise graphs off), "
                              f"got {self.cuda_graph_max_tokens}")
+
+
+def async_scheduling_enabled(config: EngineConfig) -> bool:
+    """Whether two steps are kept in flight (``ParallelConfig.async_scheduling``): decided
+    once here for the engine and for each tensor-parallel worker."""
+    parallel, wanted = config.parallel, config.parallel.async_scheduling
+    if wanted is False or parallel.pipeline_parallel_size > 1:
+        return False
+    if parallel.is_distributed:
+        return True
+    if config.cache.kv_layout != "paged":
+        if wanted:
+            raise ValueError("async_scheduling needs paged KV: with --kv virtual a finished request's pages "
+                             "are unmapped while the step in flight may still touch them")
+        return False
+    return bool(wanted) or config.device.startswith("cuda")

@@ -107,6 +107,7 @@ def _build(config, ctx_args: dict, port: int):
 def _serve(conn, ctx, runner) -> None:
     import torch
 
+    from podserve.config import async_scheduling_enabled
     from podserve.distributed.layers import PipelineRecv
 
     recv = runner.model.embed_tokens if isinstance(runner.model.embed_tokens, PipelineRecv) else None
@@ -115,7 +116,7 @@ def _serve(conn, ctx, runner) -> None:
     # step N's tokens when the engine has already sent it, so the device never waits for
     # this process to unpickle and prepare the next step. Pipeline stages stay one at a time
     # (PipelineRecv waits on the host for activations).
-    depth = 2 if recv is None and ctx.pp == 1 and runner.config.parallel.async_scheduling is not False else 1
+    depth = 2 if async_scheduling_enabled(runner.config) else 1
     inflight: deque = deque()  # (handle, picked-up time, unpickle seconds)
     last_end = 0.0
     while True:

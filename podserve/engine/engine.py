@@ -6,7 +6,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from podserve.config import EngineConfig
+from podserve.config import EngineConfig, async_scheduling_enabled
 from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler import make_scheduler
@@ -44,7 +44,7 @@ class Engine:
         self.num_stages = parallel.pipeline_parallel_size
         self.pipeline_stats: PipelineStats | None = PipelineStats(self.num_stages) if parallel.is_distributed else None
         """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
-        self.async_scheduling = _use_async_scheduling(self.config)
+        self.async_scheduling = async_scheduling_enabled(self.config)
         """Two steps in flight, the next scheduled while one runs (``ParallelConfig.async_scheduling``)."""
         self._depth = 2 if self.async_scheduling else self.num_stages
         self._inflight = InFlightBatches(self._depth, lookahead=self.async_scheduling)
@@ -155,26 +155,12 @@ class Engine:
 
     # --- the loop --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One iteration: schedule, execute, update. Returns outputs of requests that advanced."""
-        if self._depth > 1:
-            return self._step_pipelined()
-        host0 = time.perf_counter()
-        start = self.clock()
-        batch = self.scheduler.schedule(start)
-        if batch.is_empty:
-            return []
-        schedule_s = time.perf_counter() - host0
-        output = self.runner.execute(batch)
-        timing = getattr(output, "timing", None)
-        if timing is not None and timing.enqueue_s is not None:
-            timing.cpu_s = schedule_s + timing.enqueue_s  # host time until the device had all the work
-        return self._apply(batch, output, start, self.clock())
+        """One iteration: schedule, execute, update. Returns outputs of requests that advanced.
 
-    def _step_pipelined(self) -> list[RequestOutput]:
-        """Pipeline parallelism: keep up to ``num_stages`` micro-batches in flight, then
-        apply the oldest when its tokens return. Requests of in-flight micro-batches are
-        hidden from the scheduler (``InFlightBatches``), so none is scheduled twice.
-        Asynchronous scheduling (tensor parallelism) keeps two steps in flight the same way,
+        Up to ``self._depth`` batches are in flight, and the oldest is applied when its tokens
+        return: one for the plain loop (schedule, run, apply); ``num_stages`` micro-batches
+        for pipeline parallelism, whose in-flight requests are hidden from the scheduler
+        (``InFlightBatches``), so none is scheduled twice; two for asynchronous scheduling,
         each over every running request (``InFlightBatches(lookahead=True)``)."""
         while len(self._pending) < self._depth:
             host0 = time.perf_counter()
@@ -184,15 +170,14 @@ class Engine:
                 break
             self._inflight.add(batch)
             schedule_s = time.perf_counter() - host0
-            handle = self.runner.submit(batch)
-            self._pending.append((batch, start, handle, schedule_s))
+            self._pending.append((batch, start, self.runner.submit(batch), schedule_s))
         if not self._pending:
             return []
         batch, start, handle, schedule_s = self._pending.popleft()
         output = self.runner.collect(handle)
         timing = getattr(output, "timing", None)
         if timing is not None and timing.enqueue_s is not None:
-            timing.cpu_s = schedule_s + timing.enqueue_s
+            timing.cpu_s = schedule_s + timing.enqueue_s  # host time until the device had all the work
         self._inflight.remove(batch)
         now = self.clock()
         if self.async_scheduling:
@@ -252,18 +237,3 @@ class Engine:
             delta_text=delta,
             delta_token_ids=list(delta_ids),
         )
-
-
-def _use_async_scheduling(config) -> bool:
-    """Whether the engine keeps two steps in flight (see ``ParallelConfig.async_scheduling``)."""
-    parallel, wanted = config.parallel, config.parallel.async_scheduling
-    if wanted is False or parallel.pipeline_parallel_size > 1:
-        return False
-    if parallel.is_distributed:
-        return True
-    if config.cache.kv_layout != "paged":
-        if wanted:
-            raise ValueError("async_scheduling needs paged KV: with --kv virtual a finished request's pages "
-                             "are unmapped while the step in flight may still touch them")
-        return False
-    return bool(wanted) or config.device.startswith("cuda")

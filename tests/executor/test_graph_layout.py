@@ -26,9 +26,9 @@ def test_padded_bucket_step_equals_eager_step(tmp_path, attention, kv_layout):
     runner = llm.engine.runner
     graphs = DecodeGraphs(runner, [1, 2, 4, 8])  # never captured: staging and padding only
     checked = []
-    real = runner.execute
+    real = runner.submit
 
-    def execute(batch):
+    def submit(batch):
         if batch.num_prefills == 0 and graphs.can_run(batch):
             eager = runner._forward_logits(runner.inputs.prepare(batch, runner.kv_pool.block_size))
             inputs, bucket = graphs.stage(batch)
@@ -38,7 +38,7 @@ def test_padded_bucket_step_equals_eager_step(tmp_path, attention, kv_layout):
             checked.append(bucket)
         return real(batch)
 
-    runner.execute = execute
+    runner.submit = submit
     rng = random.Random(0)
     prompts = [[rng.randrange(2, 258) for _ in range(n)] for n in (3, 40, 9, 70, 1)]
     params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (2, 9, 4, 7, 3)]

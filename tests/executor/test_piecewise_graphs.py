@@ -31,9 +31,9 @@ def test_piecewise_step_equals_eager_step(tmp_path, attention):
     runner = llm.engine.runner
     pieces = HybridGraphs(runner, [16, 32, 48])  # never captured: the pieces run eagerly
     checked = []
-    real = runner.execute
+    real = runner.submit
 
-    def execute(batch):
+    def submit(batch):
         if pieces.can_run(batch):
             eager = runner._forward_logits(runner.inputs.prepare(batch, runner.kv_pool.block_size))
             inputs = runner.inputs.prepare(batch, runner.kv_pool.block_size)
@@ -44,7 +44,7 @@ def test_piecewise_step_equals_eager_step(tmp_path, attention):
             checked.append((batch.num_decodes, pieces.bucket(batch.num_tokens) - batch.num_tokens))
         return real(batch)
 
-    runner.execute = execute
+    runner.submit = submit
     llm.generate(*_prompts(0), use_tqdm=False)
     assert any(nd for nd, _ in checked), "no hybrid step (decodes beside a prefill chunk) was checked"
     assert any(pad for _, pad in checked), "no step was padded up to its bucket"

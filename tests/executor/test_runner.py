@@ -39,19 +39,26 @@ def test_step_reads_the_device_once_and_only_for_sampled_tokens(tmp_path, monkey
         return wrapper
 
     runner = engine.runner
-    real_execute = runner.execute
+    real_submit, real_collect = runner.submit, runner.collect
     per_step = []
 
-    def execute(batch):
-        calls.clear()
+    def counted(fn, *args):
         with monkeypatch.context() as m:
             for name in READS:
                 m.setattr(torch.Tensor, name, counting(name))
-            out = real_execute(batch)
+            return fn(*args)
+
+    def submit(batch):  # a step is one submit, then its collect (one step in flight on CPU)
+        calls.clear()
+        return counted(real_submit, batch)
+
+    def collect(handle):
+        out = counted(real_collect, handle)
         per_step.append((sum(t is not None for t in out.sampled_token_ids), list(calls)))
         return out
 
-    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "submit", submit)
+    monkeypatch.setattr(runner, "collect", collect)
     while engine.has_unfinished_requests():
         engine.step()
     assert per_step and any(n == 0 for n, _ in per_step)  # chunked prefills that sample nothing
