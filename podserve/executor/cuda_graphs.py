@@ -35,6 +35,17 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
     return sorted(set(sizes + [max_num_seqs]))
 
 
+def warm_up_before_capture(device: torch.device, fn) -> None:
+    """Run ``fn`` once eagerly on a side stream and wait for it, as torch advises before a
+    capture: Triton kernels compile and cuBLAS sets up its workspaces outside the graph."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+
+
 def smallest_bucket(buckets: list[int], n: int) -> int | None:
     """The smallest of the sorted ``buckets`` that holds ``n``, or None if none does."""
     i = bisect.bisect_left(buckets, n)
@@ -74,14 +85,7 @@ class DecodeGraphs:
         empty = ScheduledBatch(iteration=-1)
         for b in sorted(self.buckets, reverse=True):
             inputs = self._prepare(empty, b)
-            # Run once eagerly first, on a side stream as torch advises: compiles the
-            # Triton kernels and sets up library workspaces outside the capture.
-            side = torch.cuda.Stream(runner.device)
-            side.wait_stream(torch.cuda.current_stream(runner.device))
-            with torch.cuda.stream(side):
-                runner._forward_logits(inputs, all_rows=True)
-            torch.cuda.current_stream(runner.device).wait_stream(side)
-            torch.cuda.synchronize(runner.device)
+            warm_up_before_capture(runner.device, lambda: runner._forward_logits(inputs, all_rows=True))
             graph = torch.cuda.CUDAGraph()
             # thread_local: the virtual-KV mapping thread may call the driver meanwhile.
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):

@@ -1,10 +1,12 @@
 """ModelRunner: builds the model and the KV pool, and executes ScheduledBatches.
 
 One step on CUDA: stage the batch's integers into pinned memory and copy them to
-persistent device buffers (``inputs.py``), replay a captured decode graph or run the
-forward eagerly, sample on the device, and read the sampled tokens back with one
-``.tolist()`` — the step's only host-device sync. CUDA events around the step measure its
-device time; the host time until everything is enqueued is reported beside it.
+persistent device buffers (``inputs.py``), replay a captured decode graph, the piecewise
+graphs of a step with prefill tokens, or the eager forward, sample on the device, and queue
+the sampled tokens' copy into pinned memory behind an event (``submit``); ``collect`` waits
+for that event only — the step's one host-device sync, which a later submitted step does
+not delay. CUDA events around the step measure its device time; the host time until
+everything is enqueued is reported beside it.
 
 Memory on CUDA: weights first, then a profiling forward pass of the largest batch the
 scheduler can form measures the activation peak, and the KV pool gets what
@@ -122,10 +124,9 @@ class ModelRunner:
         self.inputs = InputBuffers(self.device, self.max_num_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
         self.sampler = Sampler(self.device, config.seed)
         self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
-        self._prev_tokens: torch.Tensor | None = None
-        """Device tokens sampled by the last submitted step, and each request's row in them:
+        self._prev_sampled: tuple[torch.Tensor, list, list[int]] | None = None
+        """The last submitted step's device tokens, its sequences and the rows that sampled:
         the input of decodes scheduled before that step returned (asynchronous scheduling)."""
-        self._prev_rows: dict[str, int] = {}
         self.graphs = None
         self.hybrid_graphs = None
         if self.use_cuda_graphs:
@@ -209,13 +210,14 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.caches, inputs.meta, self.backend)
         if all_rows:
             return self.model.compute_logits(hidden)
-        if not inputs.sample_rows:
-            return None
-        return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
+        return self._sampled_logits(hidden, inputs)
 
     def _piecewise_logits(self, inputs: ModelInputs) -> torch.Tensor | None:
         """Like ``_forward_logits`` over the piecewise graphs (``piecewise_graphs.py``)."""
-        hidden = self.hybrid_graphs.run(inputs)  # [num_tokens, hidden]
+        return self._sampled_logits(self.hybrid_graphs.run(inputs), inputs)
+
+    def _sampled_logits(self, hidden: torch.Tensor, inputs: ModelInputs) -> torch.Tensor | None:
+        """LM head over the rows that sample (hidden [num_tokens, hidden]): [rows, vocab] float32."""
         if not inputs.sample_rows:
             return None
         return self.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
@@ -265,8 +267,7 @@ class ModelRunner:
             if self._cuda:
                 done = torch.cuda.Event()
                 done.record()
-        self._prev_tokens = tokens
-        self._prev_rows = {seqs[i].request_id: j for j, i in enumerate(inputs.sample_rows)} if tokens is not None else {}
+        self._prev_sampled = (tokens, seqs, inputs.sample_rows) if tokens is not None else None
         if events is not None:
             events[1].record()
             self._pending.append((timing, *events))
@@ -296,20 +297,20 @@ class ModelRunner:
         """Asynchronous scheduling: a decode scheduled while its token was still being sampled
         feeds ``PENDING_TOKEN``; its input row takes the token sampled for the request by the
         previous step, on the device (every rank of a tensor-parallel group samples the same)."""
-        nd = batch.num_decodes
         seqs = batch.seqs
-        dst = [i for i in range(nd) if seqs[i].token_ids[0] == PENDING_TOKEN]
+        dst = [i for i in range(batch.num_decodes) if seqs[i].token_ids[0] == PENDING_TOKEN]
         if not dst:
             return
-        rows = self._prev_rows
+        prev_tokens, prev_seqs, prev_rows = self._prev_sampled or (None, [], [])
+        rows = {prev_seqs[i].request_id: j for j, i in enumerate(prev_rows)}
         missing = [seqs[i].request_id for i in dst if seqs[i].request_id not in rows]
         if missing:
             raise RuntimeError(f"decodes of {missing[:3]} wait for tokens the previous step did not sample")
-        src = [rows[seqs[i].request_id] for i in dst]
-        # Decodes come first, one row each: row i of the inputs is decode i.
-        dst_t = self.sampler._to_device(dst, np.int64)
-        src_t = self.sampler._to_device(src, np.int64)
-        inputs.input_ids.index_copy_(0, dst_t, self._prev_tokens.index_select(0, src_t))
+        # Decodes come first, one row each: row i of the inputs is decode i. One staged copy
+        # carries both index lists: destinations, then sources.
+        index = self.sampler.to_device(dst + [rows[seqs[i].request_id] for i in dst], np.int64)
+        n = len(dst)
+        inputs.input_ids.index_copy_(0, index[:n], prev_tokens.index_select(0, index[n:]))
 
     def _resolve_timings(self, wait: bool = False) -> None:
         """Fill in the device time of every finished step (all of them after a sync)."""

@@ -31,7 +31,7 @@ import time
 import torch
 
 from podserve.core.batch import ScheduledBatch
-from podserve.executor.cuda_graphs import smallest_bucket
+from podserve.executor.cuda_graphs import smallest_bucket, warm_up_before_capture
 from podserve.executor.inputs import ModelInputs
 
 
@@ -107,6 +107,11 @@ class HybridGraphs:
         self.k[:T].copy_(k)
         self.v[:T].copy_(v)
 
+    def _run_pieces(self, T: int) -> None:
+        """Every piece once, eagerly, attention left out (the warm-up before a capture)."""
+        for i in range(len(self.runner.model.layers) + 1):
+            self._piece(i, T)
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture every bucket's pieces, largest bucket first (its scratch memory is the
@@ -116,15 +121,7 @@ class HybridGraphs:
         num_pieces = len(self.runner.model.layers) + 1
         self._graphs.clear()
         for T in sorted(self.buckets, reverse=True):
-            # One eager pass first, on a side stream as torch advises: cuBLAS picks and
-            # allocates its workspaces for these shapes outside the capture.
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for i in range(num_pieces):
-                    self._piece(i, T)
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
+            warm_up_before_capture(device, lambda: self._run_pieces(T))
             graphs = []
             for i in range(num_pieces):
                 graph = torch.cuda.CUDAGraph()

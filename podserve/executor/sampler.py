@@ -29,7 +29,7 @@ class Sampler:
         self.device = torch.device(device)
         self._generator = torch.Generator(device=self.device).manual_seed(seed)
 
-    def _to_device(self, values, dtype) -> torch.Tensor:
+    def to_device(self, values, dtype) -> torch.Tensor:
         """A host array on the device without a sync (pinned staging, async copy)."""
         t = torch.from_numpy(np.asarray(values, dtype=dtype))
         if self.device.type == "cuda":
@@ -45,7 +45,7 @@ class Sampler:
         greedy = logits.argmax(dim=-1)  # [n]
         if all(p.greedy for p in params):
             return greedy
-        temps = self._to_device([1.0 if p.greedy else p.temperature for p in params], np.float32)
+        temps = self.to_device([1.0 if p.greedy else p.temperature for p in params], np.float32)
         probs = torch.softmax(logits / temps[:, None], dim=-1)  # [n, vocab]
         probs = self._filter(probs, params)
         q = torch.empty_like(probs).exponential_(generator=self._generator)  # [n, vocab]
@@ -54,7 +54,7 @@ class Sampler:
                 gen = torch.Generator(device=logits.device).manual_seed((p.seed * _SEED_STRIDE + steps[i]) % (2**63))
                 q[i].exponential_(generator=gen)
         chosen = (probs / q.clamp_min_(_TINY)).argmax(dim=-1)
-        is_greedy = self._to_device([p.greedy for p in params], np.bool_)
+        is_greedy = self.to_device([p.greedy for p in params], np.bool_)
         return torch.where(is_greedy, greedy, chosen)
 
     def _filter(self, probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -66,14 +66,14 @@ class Sampler:
         if any(k < vocab for k in top_ks) or any(p < 1.0 for p in top_ps):
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             rank = torch.arange(vocab, device=probs.device)[None, :]
-            keep = rank < self._to_device(top_ks, np.int64)[:, None]
-            top_p = self._to_device(top_ps, np.float32)[:, None]
+            keep = rank < self.to_device(top_ks, np.int64)[:, None]
+            top_p = self.to_device(top_ps, np.float32)[:, None]
             # Keep each token whose preceding mass is below top_p: the smallest set reaching it.
             keep &= (sorted_probs.cumsum(-1) - sorted_probs) < top_p
             keep[:, 0] = True
             sorted_probs = sorted_probs * keep
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
         if any(m > 0 for m in min_ps):
-            min_p = self._to_device(min_ps, np.float32)[:, None]
+            min_p = self.to_device(min_ps, np.float32)[:, None]
             probs = torch.where(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0, probs)
         return probs
