@@ -49,6 +49,8 @@ class Engine:
         self._depth = 2 if self.async_scheduling else self.num_stages
         self._inflight = InFlightBatches(self._depth, lookahead=self.async_scheduling)
         self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
+        self._carried: list[RequestOutput] = []
+        """Outputs of steps collected outside ``step()`` (profile start/stop), returned by the next."""
         self._last_done = 0.0  # async scheduling: when the previous step's tokens came back
         cache = self.config.cache
         if cache.kv_layout == "virtual":
@@ -133,7 +135,7 @@ class Engine:
         self._prompts.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self._pending)
+        return self.scheduler.has_unfinished() or bool(self._pending) or bool(self._carried)
 
     def drain(self) -> None:
         """Collect steps still in flight that no unfinished request waits for (asynchronous
@@ -141,8 +143,30 @@ class Engine:
         while self._pending and not self.scheduler.has_unfinished():
             self.step()
 
+    def start_profile(self) -> None:
+        """Start profiling the kernels of the steps that follow (every rank's, under tensor or
+        pipeline parallelism); steps already in flight are collected first."""
+        self._drain_all()
+        start = getattr(self.runner, "start_profile", None)
+        start() if start is not None else self.runner.profiler.start()
+
+    def stop_profile(self) -> list[dict]:
+        """Stop profiling; one summary per rank (one for a single device): device time per
+        step by kernel family and for the top kernels (``executor.profiler``)."""
+        self._drain_all()
+        stop = getattr(self.runner, "stop_profile", None)
+        return stop() if stop is not None else [self.runner.profiler.stop()]
+
+    def _drain_all(self) -> None:
+        """Collect and apply every step in flight, even ones unfinished requests wait for."""
+        while self._pending:  # their outputs come with the next step()'s
+            self._carried.extend(self._outputs(self._collect_oldest()))
+
     def close(self) -> None:
         """Stop the worker processes of a tensor/pipeline-parallel engine (idempotent)."""
+        profiler = getattr(self.runner, "profiler", None)
+        if profiler is not None:
+            profiler.discard()  # a profile never stopped
         close = getattr(self.runner, "close", None)
         if close is not None:
             close()
@@ -162,6 +186,20 @@ class Engine:
         for pipeline parallelism, whose in-flight requests are hidden from the scheduler
         (``InFlightBatches``), so none is scheduled twice; two for asynchronous scheduling,
         each over every running request (``InFlightBatches(lookahead=True)``)."""
+        self._submit_ready()
+        carried, self._carried = self._carried, []
+        if not self._pending:
+            return carried
+        applied = self._collect_oldest()
+        if self._depth > 1:
+            # The next step goes out before this one's text is decoded and its outputs built:
+            # with two processes on the host path of a tensor-parallel step, that work would
+            # otherwise stand between the device finishing one step and receiving the next.
+            self._submit_ready()
+        return carried + self._outputs(applied)
+
+    def _submit_ready(self) -> None:
+        """Schedule and submit steps until ``self._depth`` are in flight or nothing is left."""
         while len(self._pending) < self._depth:
             host0 = time.perf_counter()
             start = self.clock()
@@ -171,8 +209,9 @@ class Engine:
             self._inflight.add(batch)
             schedule_s = time.perf_counter() - host0
             self._pending.append((batch, start, self.runner.submit(batch), schedule_s))
-        if not self._pending:
-            return []
+
+    def _collect_oldest(self) -> list[tuple]:
+        """Wait for the oldest step in flight and apply it to the scheduler (``_apply``)."""
         batch, start, handle, schedule_s = self._pending.popleft()
         output = self.runner.collect(handle)
         timing = getattr(output, "timing", None)
@@ -186,24 +225,39 @@ class Engine:
             start, self._last_done = max(start, self._last_done), now
         return self._apply(batch, output, start, now)
 
-    def _apply(self, batch, output, start: float, now: float) -> list[RequestOutput]:
-        """Update the scheduler with an executed batch; detokenize; build the outputs."""
+    def _apply(self, batch, output, start: float, now: float) -> list[tuple]:
+        """Update the scheduler with an executed batch. Requests with stop strings are
+        detokenized here (a stop string finishes the request before the next step is
+        scheduled); the others' text waits for ``_outputs``. Returns, per advanced request,
+        ``(update, delta text or None, finished)``."""
         self.last_output = output
         updates = self.scheduler.update(batch, output, now)
         if self.pipeline_stats is not None and output.stage_spans is not None:
             self.pipeline_stats.on_micro_batch(start, now, output.stage_spans)
         for listener in self.iteration_listeners:
             listener(batch, start, now)
-        results = []
+        applied = []
         for update in updates:
+            rid = update.request.request_id
+            detok = self._detok[rid]
+            delta, finished = None, update.finished
+            if detok is not None and detok.stop:
+                delta, hit_stop = detok.add(update.new_token_ids)
+                if hit_stop and not finished:
+                    self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED, now)
+                    finished = True
+            applied.append((update, delta, finished))
+        return applied
+
+    def _outputs(self, applied: list[tuple]) -> list[RequestOutput]:
+        """Detokenize what ``_apply`` left and build the outputs of the advanced requests."""
+        results = []
+        for update, delta, finished in applied:
             request = update.request
             rid = request.request_id
             detok = self._detok[rid]
-            delta, hit_stop = detok.add(update.new_token_ids) if detok is not None else ("", False)
-            finished = update.finished
-            if hit_stop and not finished:
-                self.scheduler.finish_request(rid, RequestStatus.FINISHED_STOPPED, now)
-                finished = True
+            if delta is None:
+                delta = detok.add(update.new_token_ids)[0] if detok is not None else ""
             results.append(self._output(request, delta, update.new_token_ids, finished))
             if finished:
                 del self._detok[rid]

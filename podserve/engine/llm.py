@@ -93,6 +93,14 @@ class LLM:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def start_profile(self) -> None:
+        """Profile the kernels of the ``generate`` calls that follow (every rank's)."""
+        self.engine.start_profile()
+
+    def stop_profile(self) -> list[dict]:
+        """Stop profiling; per rank, device time per step by kernel family and top kernels."""
+        return self.engine.stop_profile()
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

@@ -26,6 +26,7 @@ from podserve.attention import make_backend
 from podserve.config import EngineConfig
 from podserve.core.batch import PENDING_TOKEN, ExecutorOutput, IterationTiming, ScheduledBatch, ScheduledSeq
 from podserve.executor.inputs import InputBuffers, ModelInputs
+from podserve.executor.profiler import StepProfiler
 from podserve.executor.sampler import Sampler
 from podserve.memory.paged_pool import PagedKVPool
 from podserve.memory.virtual_pool import VirtualKVPool
@@ -123,6 +124,8 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.inputs = InputBuffers(self.device, self.max_num_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
         self.sampler = Sampler(self.device, config.seed)
+        self.profiler = StepProfiler(self.device)
+        """Kernel profile of the steps between ``profiler.start()`` and ``stop()`` (Engine.start_profile)."""
         self._pending: list[tuple[IterationTiming, torch.cuda.Event, torch.cuda.Event]] = []
         self._prev_sampled: tuple[torch.Tensor, list, list[int]] | None = None
         """The last submitted step's device tokens, its sequences and the rows that sampled:
@@ -235,6 +238,7 @@ class ModelRunner:
         their request by the previously submitted step, gathered on the device: the two
         steps run in stream order, so nothing waits on the host."""
         start = time.perf_counter()
+        self.profiler.on_step()
         timing = IterationTiming()
         events = None
         if self._cuda:

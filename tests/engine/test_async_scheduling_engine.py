@@ -53,3 +53,33 @@ def test_async_scheduling_is_refused_with_virtual_kv(tmp_path):
     with pytest.raises(ValueError, match="async_scheduling needs paged KV"):
         LLM.from_config(EngineConfig(model=str(tmp_path), max_model_len=256, cache=CacheConfig(kv_layout="virtual"),
                                      parallel=ParallelConfig(async_scheduling=True)))
+
+
+def test_stop_strings_and_text_match_the_synchronous_engine(tmp_path):
+    """Stop strings are matched before the next step is scheduled; other requests' text is
+    decoded after it went out: texts, tokens and finish reasons stay those of the plain loop."""
+    write_tiny_llama(tmp_path, seed=random.randrange(1 << 30))
+    rng = random.Random(1)
+    prompts = [[rng.randrange(2, 258) for _ in range(n)] for n in (9, 30, 17, 4)]
+    sync = _llm(tmp_path, "sarathi", False, chunk_size=16, max_num_seqs=4)
+    greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    texts = [o.outputs[0].text for o in sync.generate(prompts, greedy, use_tqdm=False)]
+    stop = next(t[len(t) // 2: len(t) // 2 + 2] for t in texts if len(t) >= 6 and t[len(t) // 2: len(t) // 2 + 2].strip())
+    mixed = [SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, stop=[stop] if i % 2 == 0 else [])
+             for i in range(len(prompts))]
+
+    def run(llm):
+        return [(o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason)
+                for o in llm.generate(prompts, mixed, use_tqdm=False)]
+
+    expected = run(sync)
+    llm = _llm(tmp_path, "sarathi", True, chunk_size=16, max_num_seqs=4)
+    in_flight_while_building = []
+    build = llm.engine._outputs
+    llm.engine._outputs = lambda applied: in_flight_while_building.append(len(llm.engine._pending)) or build(applied)
+    assert run(llm) == expected
+    assert any(reason == "stop" for _, _, reason in expected)
+    # Outputs are built while the next step is already in flight (except at the very end).
+    assert max(in_flight_while_building) == 2
+    assert not llm.engine.has_unfinished_requests()
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_blocks
