@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None, attention=None,
-                  enforce_eager=False, async_scheduling=True):
+                  enforce_eager=False, async_scheduling=True, custom_all_reduce=True):
     from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 
     return EngineConfig(
@@ -37,7 +37,8 @@ def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cac
         enforce_eager=enforce_eager,
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs),
         cache=CacheConfig(block_size=16, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory=kv_cache_memory),
-        parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp, async_scheduling=async_scheduling),
+        parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp, async_scheduling=async_scheduling,
+                                custom_all_reduce=custom_all_reduce),
     )
 
 
@@ -147,7 +148,8 @@ def _graph_info(engine) -> dict:
     """Whether the engine's ranks (or its one runner) replay CUDA graphs, and what start-up skipped."""
     runner = engine.runner
     if hasattr(runner, "cuda_graphs"):
-        return {"cuda_graphs": runner.cuda_graphs, "startup_errors": runner.startup_errors}
+        return {"cuda_graphs": runner.cuda_graphs, "one_shot_all_reduce": runner.one_shot_all_reduce,
+                "startup_errors": runner.startup_errors}
     return {"cuda_graphs": getattr(runner, "graphs", None) is not None, "startup_errors": getattr(runner, "startup_errors", [])}
 
 
@@ -205,13 +207,18 @@ def part_throughput(args, record) -> None:
     workload = generate(WorkloadConfig(
         num_requests=args.decode_requests, lengths="fixed", prompt_tokens=args.decode_prompt_tokens,
         output_tokens=args.decode_output_tokens, arrival="static", seed=0))
-    # TP=1, TP=N with asynchronous scheduling (the default), and TP=N synchronous as its baseline.
-    variants = [(1, True), (args.tp, True)] + ([(args.tp, False)] if args.tp > 1 else [])
-    for tp, overlap in variants:
-        label = f"throughput tp{tp} decode-heavy" + ("" if tp == 1 else (" async" if overlap else " sync"))
+    # TP=1; TP=N as served (asynchronous scheduling, one-shot all-reduce); TP=N with NCCL
+    # all-reduces only; TP=N synchronous.
+    variants = [(1, True, True)] + ([(args.tp, True, True), (args.tp, True, False), (args.tp, False, True)]
+                                    if args.tp > 1 else [])
+    for tp, overlap, custom_ar in variants:
+        label = f"throughput tp{tp} decode-heavy" + ("" if tp == 1 else (" async" if overlap else " sync")
+                                                     + ("" if custom_ar else " nccl-only"))
         try:
-            r = run_workload_result(args, engine_config(args, tp=tp, async_scheduling=overlap), workload, "throughput")
-            r["async_scheduling"] = overlap and tp > 1
+            config = engine_config(args, tp=tp, async_scheduling=overlap, custom_all_reduce=custom_ar)
+            r = run_workload_result(args, config, workload, "throughput")
+            r["async_scheduling"] = overlap
+            r["custom_all_reduce"] = custom_ar
         except Exception as e:
             r = {"part": "throughput", "tp": tp, "pp": 1, "error": _error(e)}
         record(label, r)

@@ -78,6 +78,8 @@ class DistributedExecutor:
         device had the work), ``gpu_s`` (device time; None on CPU)."""
         self.cuda_graphs = all(info.get("cuda_graphs", False) for info in infos)
         """Every rank replays captured decode graphs (tensor-parallel CUDA ranks)."""
+        self.one_shot_all_reduce = all(info.get("one_shot_all_reduce", False) for info in infos)
+        """Every rank all-reduces small messages one-shot over symmetric memory (CUDA, tp > 1)."""
         self.startup_errors = [f"rank {info['rank']}: {e}" for info in infos for e in info.get("startup_errors", [])]
         """Start-up optimisations a rank had to skip (graph capture, kernel warm-up), by rank."""
         self._leaders = [rank_of(0, s, self.tp) for s in range(self.pp)]
@@ -120,6 +122,26 @@ class DistributedExecutor:
         """Run one batch to completion (no pipelining)."""
         self.submit(batch)
         return self.collect()
+
+    # --- profiling ----------------------------------------------------------------------------
+    def start_profile(self) -> None:
+        """Start every rank's kernel profiler (nothing may be in flight)."""
+        self._send_profile("start")
+
+    def stop_profile(self) -> list[dict]:
+        """Stop every rank's profiler; their summaries, by rank."""
+        self._send_profile("stop")
+        return [self._recv(rank, "profile")[1] for rank in range(len(self.procs))]
+
+    def _send_profile(self, action: str) -> None:
+        self._check_usable()
+        if self._pending:
+            raise RuntimeError("profile start/stop with micro-batches in flight (drain the engine first)")
+        try:
+            for conn in self.conns:
+                conn.send(("profile", action))
+        except (OSError, EOFError) as e:
+            self._fail(f"could not reach the workers ({e})")
 
     # --- failure handling ----------------------------------------------------------------------
     def _recv(self, rank: int, kind: str, timeout_s: float | None = None):

@@ -5,7 +5,8 @@ its heads, MLP slice, vocabulary slice and stage layers), loads its weight slice
 ``parallelize`` swaps in:
 
 - ``RowParallel`` around ``o_proj`` and ``down_proj``: the partial sums of every rank are
-  all-reduced -- one all-reduce after attention and one after the MLP, per layer;
+  all-reduced -- one all-reduce after attention and one after the MLP, per layer (through
+  ``allreduce.TPAllReduce``: one-shot over symmetric memory for small CUDA messages);
 - ``VocabParallelEmbedding``: each rank looks up the ids in its vocabulary slice, zeros
   the rest, and an all-reduce assembles the rows;
 - ``VocabParallelHead``: each rank's logits slice is all-gathered and the padding cut off;
@@ -24,29 +25,29 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from podserve.distributed.allreduce import TPAllReduce
+
 
 class RowParallel(nn.Module):
     """A Linear over this rank's slice of the inputs; the outputs are summed over ranks."""
 
-    def __init__(self, linear: nn.Linear, group):
+    def __init__(self, linear: nn.Linear, all_reduce: TPAllReduce):
         super().__init__()
         self.linear = linear
-        self.group = group
+        self.all_reduce = all_reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, in / tp] -> [num_tokens, out]
-        out = self.linear(x)
-        dist.all_reduce(out, group=self.group)
-        return out
+        return self.all_reduce(self.linear(x))
 
 
 class VocabParallelEmbedding(nn.Module):
     """Embedding rows ``[start, start + rows)`` on this rank; an all-reduce fills in the rest."""
 
-    def __init__(self, embedding: nn.Embedding, start: int, group):
+    def __init__(self, embedding: nn.Embedding, start: int, all_reduce: TPAllReduce):
         super().__init__()
         self.embedding = embedding
         self.start = start
-        self.group = group
+        self.all_reduce = all_reduce
 
     @property
     def weight(self) -> nn.Parameter:
@@ -57,8 +58,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.embedding.num_embeddings)
         out = self.embedding(local.masked_fill(outside, 0))
         out.masked_fill_(outside[:, None], 0.0)
-        dist.all_reduce(out, group=self.group)
-        return out
+        return self.all_reduce(out)
 
 
 class VocabParallelHead(nn.Module):
@@ -129,19 +129,23 @@ class PipelineSend(nn.Module):
         self._pending = []
 
 
-def parallelize(model: nn.Module, ctx, vocab_size: int) -> None:
-    """Install the wrappers of this rank (``ctx``: a ``RankContext``) into ``model`` in place."""
+def parallelize(model: nn.Module, ctx, vocab_size: int, one_shot_all_reduce: bool = True) -> TPAllReduce | None:
+    """Install the wrappers of this rank (``ctx``: a ``RankContext``) into ``model`` in place;
+    returns the tensor-parallel all-reduce they share (None without tensor parallelism).
+    ``one_shot_all_reduce``: small CUDA messages through symmetric memory (``allreduce``)."""
     tp, group = ctx.tp, ctx.tp_group
-    if tp > 1:
-        for layer in model.layers:
-            layer.self_attn.o_proj = RowParallel(layer.self_attn.o_proj, group)
-            layer.mlp.down_proj = RowParallel(layer.mlp.down_proj, group)
     hidden = model.config.hidden_size
     dtype = model.norm.weight.dtype
+    all_reduce = None
+    if tp > 1:
+        all_reduce = TPAllReduce(group, model.norm.weight.device, dtype, enable_one_shot=one_shot_all_reduce)
+        for layer in model.layers:
+            layer.self_attn.o_proj = RowParallel(layer.self_attn.o_proj, all_reduce)
+            layer.mlp.down_proj = RowParallel(layer.mlp.down_proj, all_reduce)
     if ctx.is_first_stage:
         if tp > 1:
             start = ctx.partition.vocab(ctx.tp_rank)[0]
-            model.embed_tokens = VocabParallelEmbedding(model.embed_tokens, start, group)
+            model.embed_tokens = VocabParallelEmbedding(model.embed_tokens, start, all_reduce)
     else:
         model.embed_tokens = PipelineRecv(hidden, dtype, model.norm.weight.device, ctx.prev_rank)
     if ctx.is_last_stage:
@@ -150,3 +154,4 @@ def parallelize(model: nn.Module, ctx, vocab_size: int) -> None:
     else:
         model.norm = PipelineSend(ctx.next_rank)
         model.lm_head = nn.Identity()  # never used: earlier stages sample nothing
+    return all_reduce

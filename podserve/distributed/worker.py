@@ -4,10 +4,12 @@ Protocol over the worker's pipe (the engine's side is ``executor.DistributedExec
 
 - worker -> engine, once: ``("ready", {"num_blocks": ...})`` or ``("error", traceback)``;
 - engine -> worker: ``("execute", pickled ScheduledBatch)`` per micro-batch, in order,
-  or ``("shutdown",)``;
+  ``("profile", "start" | "stop")`` with nothing in flight, or ``("shutdown",)``;
 - stage leaders (tp_rank 0) -> engine, per micro-batch: ``("done", start, end, tokens)``:
   the stage's busy span on the perf_counter clock and, from the last stage, the sampled
-  tokens (None elsewhere); any rank -> engine: ``("error", traceback)`` before it exits.
+  tokens (None elsewhere); every rank -> engine, after a profile stop: ``("profile", summary)``
+  (``executor.profiler.StepProfiler.stop``); any rank -> engine: ``("error", traceback)``
+  before it exits.
 
 Every rank of a stage runs the same batch (tensor-parallel collectives keep them in step);
 earlier stages sample nothing (their copy of the batch has ``do_sample`` cleared).
@@ -62,13 +64,13 @@ def worker_main(conn, config, ctx_args: dict, port: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        ctx, runner = _build(config, ctx_args, port)
+        ctx, runner, one_shot = _build(config, ctx_args, port)
     except BaseException:
         _report_error(conn)
         return
     try:
         conn.send(("ready", {"num_blocks": runner.num_blocks, "rank": ctx.rank, "cuda_graphs": runner.graphs is not None,
-                             "startup_errors": runner.startup_errors}))
+                             "one_shot_all_reduce": one_shot, "startup_errors": runner.startup_errors}))
         _serve(conn, ctx, runner)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the engine went away: nothing left to report to
@@ -99,9 +101,14 @@ def _build(config, ctx_args: dict, port: int):
     weights = rank_weights(resolve_weights(config.model, model_config), model_config, part,
                            ctx.tp_rank, ctx.pp_rank, config.seed, device)
     rank_config = replace(config, device=str(device))
+    installed = []
     runner = ModelRunner(rank_config, shard, weights, ctx_args["max_model_len"],
-                         model_hook=lambda model: parallelize(model, ctx, model_config.vocab_size))
-    return ctx, runner
+                         model_hook=lambda model: installed.append(
+                             parallelize(model, ctx, model_config.vocab_size, par.custom_all_reduce)))
+    all_reduce = installed[0]
+    if all_reduce is not None and all_reduce.error is not None:
+        runner.startup_errors.append(all_reduce.error)
+    return ctx, runner, all_reduce is not None and all_reduce.one_shot
 
 
 def _serve(conn, ctx, runner) -> None:
@@ -128,6 +135,9 @@ def _serve(conn, ctx, runner) -> None:
                 message = conn.recv()
                 if message[0] == "shutdown":
                     return
+                if message[0] == "profile":  # the engine drained first: nothing is in flight
+                    _profile(conn, runner, message[1])
+                    continue
                 t_recv = time.perf_counter()
                 batch = pickle.loads(message[1])
                 start = time.perf_counter()
@@ -153,6 +163,15 @@ def _serve(conn, ctx, runner) -> None:
                      "enqueue_s": timing.enqueue_s if timing is not None else None,
                      "gpu_s": timing.gpu_s if timing is not None else None}
             conn.send(("done", start, end, tokens, where))
+
+
+def _profile(conn, runner, action: str) -> None:
+    """``start`` or ``stop`` this rank's kernel profile; every rank answers a stop with
+    ``("profile", summary)``."""
+    if action == "start":
+        runner.profiler.start()
+    else:
+        conn.send(("profile", runner.profiler.stop()))
 
 
 def _close(runner) -> None:
