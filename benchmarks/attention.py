@@ -490,9 +490,12 @@ DECODE_TUNE = [(64, 4, 4), (64, 4, 2), (64, 4, 3), (32, 4, 4), (128, 4, 3), (64,
                (128, 8, 3), (16, 4, 6)]  # BN, warps, stages
 # BM, BNP, BND, warps, stages, maxnreg; the register cap sets programs per SM
 # (sm_90 compile report: 208 regs -> 2, 168 -> 3, 128 -> 4 programs of 4 warps).
-POD_TUNE = [(64, 64, 64, 4, 2, None), (64, 64, 128, 4, 2, None), (64, 32, 64, 4, 2, None),
-            (64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 1, 168), (64, 64, 128, 4, 1, 168),
-            (128, 64, 64, 8, 2, None)]
+# 8 warps capped at 128 registers: 2 programs of 256 threads per SM, i.e. one prefill program
+# with 128-row tiles beside one decode program (the 4-warp shapes pair 64-row tiles).
+POD_TUNE = [(64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 2, None), (64, 64, 128, 4, 2, None),
+            (64, 32, 64, 4, 2, None), (64, 64, 64, 4, 2, 128), (64, 64, 64, 4, 1, 168),
+            (64, 64, 128, 4, 1, 168), (128, 64, 64, 8, 2, None), (128, 64, 64, 8, 2, 128),
+            (128, 32, 64, 8, 2, 128), (128, 64, 128, 8, 2, 128), (128, 64, 64, 8, 1, 128)]
 POD_TUNE_SHAPES = [(512, 4096, 64, 4096), (1024, 16384, 16, 16384)]  # chunk, prefix, nd, ctx
 POD_CFG: dict | None = None  # set by the tune section when it runs; else pod_config()
 POD_POLICY = "even"  # likewise (the kernel's default)
@@ -543,7 +546,7 @@ def run_tune_section(dtype, device, dry, block_size, kernels=("prefill", "decode
         for bm, bnp, bnd, w, st, mr in POD_TUNE[:2 if dry else None]:
             cfg = dict(BLOCK_M=bm, BLOCK_N_P=bnp, BLOCK_N_D=bnd, num_warps=w, num_stages=st,
                        maxnreg=mr)
-            for policy in ("proportional", "occupancy"):
+            for policy in ("even", "proportional", "occupancy"):
                 def fn(r, cfg=cfg, policy=policy):
                     pod_attention(x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens,
                                   x.cu, x.nd, x.max_query_len, x.max_decode_len,
@@ -581,7 +584,7 @@ def pod_resources(cfg: dict) -> dict:
     params = inspect.signature(_pod_kernel.fn).parameters
     ints = {n for n in params if n.startswith(("stride", "num_", "split_len", "ratio",
                                                "bt_stride", "block_size", "max_splits"))}
-    cex = dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, SPLIT=True, SPLITS_PAD=4, GQA=4, G_PAD=16,
+    cex = dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=4, G_PAD=16,
                HEAD_DIM=128, BLOCK_M=cfg["BLOCK_M"], BLOCK_N_P=cfg["BLOCK_N_P"],
                BLOCK_N_D=cfg["BLOCK_N_D"], ALIGNED_P=False, ALIGNED_D=False, NUM_SMS=132,
                CTR_PAD=256, INTERPRET=False, OCCUPANCY=True)
@@ -722,6 +725,16 @@ def main() -> None:
             if not dry:
                 result["pod_compile_report"] = pod_resources(POD_CFG)
                 print("pod compile report", result["pod_compile_report"], flush=True)
+                result["pod_tune_resources"] = []
+                for bm, bnp, bnd, w, st, mr in POD_TUNE:
+                    cfg = dict(BLOCK_M=bm, BLOCK_N_P=bnp, BLOCK_N_D=bnd, num_warps=w, num_stages=st, maxnreg=mr)
+                    try:
+                        res = pod_resources(cfg)
+                    except Exception as e:  # noqa: BLE001 -- a report, not a result
+                        res = {"error": f"{type(e).__name__}: {e}"[:200]}
+                    result["pod_tune_resources"].append(dict(cfg=cfg, **res))
+                    print("pod resources", cfg, res, flush=True)
+                save()
     if "prefill" in sections:
         result["prefill"] = run_prefill_section(dtype, device, dry)
         save()

@@ -105,7 +105,7 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
     rows.append(("decode", dc["num_warps"], k))
     oc = pod_config(head_dim)
     k = compile_one(_pod_kernel, dict(
-        NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_PAD=4, GQA=gqa, G_PAD=g_pad,
+        NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa, G_PAD=g_pad,
         HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
         BLOCK_N_D=oc["BLOCK_N_D"],
         ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
