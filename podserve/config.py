@@ -106,7 +106,7 @@ class ParallelConfig:
     micro-batches instead) or virtual KV (a finished request's pages are unmapped while the
     step in flight may still touch them)."""
     custom_all_reduce: bool = True
-    """Tensor-parallel all-reduces of CUDA messages up to 8 MB run one-shot over symmetric
+    """Tensor-parallel all-reduces of CUDA messages up to 4 MB run one-shot over symmetric
     memory (every rank reads its peers' buffers over NVLink: distributed/allreduce.py) instead
     of through NCCL; False = NCCL for all. Falls back to NCCL, with a start-up note, where
     symmetric memory is unavailable."""

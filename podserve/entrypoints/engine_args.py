@@ -43,7 +43,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="split every layer over N worker processes (one per GPU on CUDA); N must divide the attention heads (default: 1)")
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="split the layers over N pipeline stages, one worker process each; N must divide the layers (default: 1)")
     g.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_const", const=False, default=None, help="schedule each step only after the previous one returned (by default, with tensor parallelism or on one CUDA device with paged KV, the next step is scheduled while one runs)")
-    g.add_argument("--disable-custom-all-reduce", dest="custom_all_reduce", action="store_false", help="tensor parallelism on CUDA: all-reduce through NCCL only (by default messages up to 8 MB take a one-shot all-reduce over symmetric memory)")
+    g.add_argument("--disable-custom-all-reduce", dest="custom_all_reduce", action="store_false", help="tensor parallelism on CUDA: all-reduce through NCCL only (by default messages up to 4 MB take a one-shot all-reduce over symmetric memory)")
     g.add_argument("--distributed-backend", default="auto", choices=["auto", "gloo", "nccl"], help="torch.distributed backend of the workers; auto = nccl on CUDA, gloo on CPU (default: auto)")
 
 

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     prof.add_argument("--vidur-device", default="h100", help="device folder of --import-vidur (default: h100)")
     prof.add_argument("--add-network", metavar="VIDUR_NETWORK_DIR", default=None,
                       help="add Vidur all_reduce.csv/send_recv.csv (e.g. network/h100_dgx) to the profile written")
+    prof.add_argument("--add-all-reduce", metavar="ALLREDUCE_JSON", default=None,
+                      help="all-reduce times measured by benchmarks/allreduce.py (the engine's own one-shot/NCCL "
+                           "choice, in CUDA graphs); replaces the profile's all_reduce table for that world size")
     prof.set_defaults(func=cmd_profile)
 
     sim = subparsers.add_parser("simulate", help="simulate a workload on a deployment; same outputs as `podserve bench`")
@@ -113,6 +116,14 @@ def cmd_profile(args) -> int:
 
         profile.tables["all_reduce"], profile.tables["send_recv"] = import_network(args.add_network)
         profile.meta["network"] = f"imported from Vidur layout: {args.add_network}"
+    if args.add_all_reduce:
+        from podserve.sim.vidur_import import import_allreduce_benchmark
+
+        rows = import_allreduce_benchmark(args.add_all_reduce)
+        worlds = {r["num_workers"] for r in rows}
+        kept = [r for r in profile.tables.get("all_reduce", []) if int(r["num_workers"]) not in worlds]
+        profile.tables["all_reduce"] = kept + rows
+        profile.meta["all_reduce"] = f"measured by benchmarks/allreduce.py: {args.add_all_reduce} (world {sorted(worlds)})"
     out = Path(args.output_dir or f"profiles/{profile.meta['model']}-{profile.meta['device']}-{stamp}")
     profile.save(out)
     _print_fit(load_profile(out))

@@ -10,6 +10,7 @@ layout against), so an imported compute profile needs attention tables from else
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 MS = 1e-3
@@ -72,3 +73,23 @@ def import_network(directory: str | Path) -> tuple[list[dict], list[dict]]:
     if not all_reduce and not send_recv:
         raise ValueError(f"{directory}: no Vidur all_reduce.csv or send_recv.csv")
     return all_reduce, send_recv
+
+
+def import_allreduce_benchmark(path: str | Path, one_shot_max_bytes: int | None = None) -> list[dict]:
+    """``benchmarks/allreduce.py``'s JSON -> all_reduce rows (seconds, per size), timed the way
+    the engine runs them (replayed from CUDA graphs) and through the path the engine's
+    ``TPAllReduce`` takes at each size: one-shot over symmetric memory up to
+    ``one_shot_max_bytes`` (default: the engine's cap) where it was available, NCCL above."""
+    if one_shot_max_bytes is None:
+        one_shot_max_bytes = 4 << 20  # distributed.allreduce.ONE_SHOT_MAX_BYTES (that module imports torch)
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for r in data["us_per_call"]:
+        size = int(r["kb"]) << 10
+        one_shot = r.get("one_shot_graph_us") if size <= one_shot_max_bytes else None
+        us = one_shot if one_shot is not None else r.get("nccl_graph_us", r.get("nccl_eager_us"))
+        if us is not None:
+            rows.append({"num_workers": int(data["world"]), "size_bytes": size, "time_s": us * 1e-6})
+    if not rows:
+        raise ValueError(f"{path}: no all-reduce timings (expected benchmarks/allreduce.py output)")
+    return rows
