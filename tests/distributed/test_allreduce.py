@@ -34,3 +34,16 @@ def test_cpu_falls_back_to_the_process_group():
     for rank, one_shot, error, out in got:
         assert not one_shot and error is None  # CPU: no symmetric memory, and nothing to report
         assert out == expected
+
+
+def test_parallel_flags_reach_the_config():
+    import argparse
+
+    from podserve.entrypoints.engine_args import add_engine_args, engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    default = engine_config_from_args(parser.parse_args([])).parallel
+    assert default.custom_all_reduce is True and default.async_scheduling is None
+    off = engine_config_from_args(parser.parse_args(["--disable-custom-all-reduce", "--no-async-scheduling"])).parallel
+    assert off.custom_all_reduce is False and off.async_scheduling is False
