@@ -43,6 +43,12 @@ class TPAllReduce:
             except Exception as e:  # noqa: BLE001 -- any failure: keep NCCL, say why
                 self.buffer = None
                 self.error = f"one-shot all-reduce unavailable, using NCCL: {type(e).__name__}: {e}"
+            # Every rank must take the same path at every call, or the first all-reduce hangs.
+            ok = torch.tensor([int(self.buffer is not None)], device=device)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
+            if not ok.item() and self.buffer is not None:
+                self.buffer = None
+                self.error = "one-shot all-reduce unavailable on another rank, using NCCL"
 
     def _setup(self, device: torch.device, dtype: torch.dtype) -> None:
         import torch.distributed._symmetric_memory as symm_mem
