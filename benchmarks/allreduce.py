@@ -41,6 +41,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
     import torch.distributed as dist
 
     from podserve.distributed.allreduce import TPAllReduce
+    from podserve.executor.cuda_graphs import warm_up_before_capture
 
     torch.cuda.set_device(rank)
     device = torch.device("cuda", rank)
@@ -76,12 +77,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             row[f"{name}_eager_us"] = _time_us(eager, args.calls, args.repeats)
             try:
                 graph = torch.cuda.CUDAGraph()
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    eager()
-                torch.cuda.current_stream().wait_stream(side)
-                torch.cuda.synchronize()
+                warm_up_before_capture(device, eager)
                 dist.barrier()
                 with torch.cuda.graph(graph):
                     eager()

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from podserve.executor.cuda_graphs import warm_up_before_capture  # noqa: E402
 from podserve.kernels.elementwise import (  # noqa: E402
     rms_norm, rms_norm_ref, rotary_embedding, rotary_embedding_ref, silu_and_mul, silu_and_mul_ref)
 from podserve.model.layers import RotaryEmbedding  # noqa: E402
@@ -50,11 +51,7 @@ def cases(n: int, dtype, device):
 
 def graphed(fn):
     """``fn`` captured once in a CUDA graph; returns the replay."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
+    warm_up_before_capture(torch.device("cuda", torch.cuda.current_device()), fn)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()

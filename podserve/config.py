@@ -170,6 +170,14 @@ class EngineConfig:
                              f"got {self.cuda_graph_max_tokens}")
 
 
+ONE_SHOT_MAX_BYTES = 4 << 20
+"""Largest tensor-parallel all-reduce (bytes) sent one-shot over symmetric memory
+(``ParallelConfig.custom_all_reduce``): each rank reads (tp - 1) times the message over
+NVLink, so beyond a few MB a bandwidth-optimal NCCL ring catches up. Measured at TP=2 on
+H200s in CUDA graphs (benchmarks/allreduce.py): one-shot faster at 4 MB (35 vs 42 us), NCCL
+at 8 MB (55 vs 62 us). The simulator's ``--add-all-reduce`` import follows the same cap."""
+
+
 def async_scheduling_enabled(config: EngineConfig) -> bool:
     """Whether two steps are kept in flight (``ParallelConfig.async_scheduling``): decided
     once here for the engine and for each tensor-parallel worker."""

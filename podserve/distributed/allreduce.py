@@ -18,11 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-ONE_SHOT_MAX_BYTES = 4 << 20
-"""Largest message (bytes) sent through the one-shot path: each rank reads (tp - 1) times the
-message over NVLink, so beyond a few MB a bandwidth-optimal NCCL ring catches up. Measured at
-TP=2 on H200s in CUDA graphs (benchmarks/allreduce.py): one-shot faster at 4 MB (35 vs 42 us),
-NCCL at 8 MB (55 vs 62 us)."""
+from podserve.config import ONE_SHOT_MAX_BYTES
 
 
 class TPAllReduce:

@@ -147,15 +147,13 @@ class Engine:
         """Start profiling the kernels of the steps that follow (every rank's, under tensor or
         pipeline parallelism); steps already in flight are collected first."""
         self._drain_all()
-        start = getattr(self.runner, "start_profile", None)
-        start() if start is not None else self.runner.profiler.start()
+        self.runner.start_profile()
 
     def stop_profile(self) -> list[dict]:
         """Stop profiling; one summary per rank (one for a single device): device time per
         step by kernel family and for the top kernels (``executor.profiler``)."""
         self._drain_all()
-        stop = getattr(self.runner, "stop_profile", None)
-        return stop() if stop is not None else [self.runner.profiler.stop()]
+        return self.runner.stop_profile()
 
     def _drain_all(self) -> None:
         """Collect and apply every step in flight, even ones unfinished requests wait for."""
@@ -163,13 +161,9 @@ class Engine:
             self._carried.extend(self._outputs(self._collect_oldest()))
 
     def close(self) -> None:
-        """Stop the worker processes of a tensor/pipeline-parallel engine (idempotent)."""
-        profiler = getattr(self.runner, "profiler", None)
-        if profiler is not None:
-            profiler.discard()  # a profile never stopped
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
+        """Stop the worker processes of a tensor/pipeline-parallel engine; discard a profile
+        never stopped (idempotent)."""
+        self.runner.close()
 
     def __enter__(self) -> "Engine":
         return self

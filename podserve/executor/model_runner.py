@@ -328,6 +328,18 @@ class ModelRunner:
                 keep.append((timing, begin, end))
         self._pending = keep
 
+    def start_profile(self) -> None:
+        """Profile the kernels of the steps submitted from now on (``executor.profiler``)."""
+        self.profiler.start()
+
+    def stop_profile(self) -> list[dict]:
+        """End the profile: one summary, as the distributed executor returns one per rank."""
+        return [self.profiler.stop()]
+
+    def close(self) -> None:
+        """Discard a profile never stopped (the model and pool go with the object)."""
+        self.profiler.discard()
+
     def flush_timings(self) -> None:
         """Wait for the device and fill in every outstanding iteration's device time."""
         self._resolve_timings(wait=True)

@@ -42,6 +42,7 @@ class StepProfiler:
         self.device = device
         self._prof = None
         self.steps = 0
+        self._exit_hook = False
 
     @property
     def active(self) -> bool:
@@ -59,8 +60,9 @@ class StepProfiler:
         self.steps = 0
         self._prof = profile(activities=activities)
         self._prof.__enter__()
-        # A profiler still running at interpreter exit crashes torch's teardown (segfault).
-        atexit.register(_discard_at_exit, weakref.ref(self))
+        if not self._exit_hook:  # a profiler still running at exit crashes torch's teardown (segfault)
+            atexit.register(_discard_at_exit, weakref.ref(self))
+            self._exit_hook = True
 
     def discard(self) -> None:
         """End the window, if any, without a summary."""

@@ -81,7 +81,9 @@ def import_allreduce_benchmark(path: str | Path, one_shot_max_bytes: int | None 
     ``TPAllReduce`` takes at each size: one-shot over symmetric memory up to
     ``one_shot_max_bytes`` (default: the engine's cap) where it was available, NCCL above."""
     if one_shot_max_bytes is None:
-        one_shot_max_bytes = 4 << 20  # distributed.allreduce.ONE_SHOT_MAX_BYTES (that module imports torch)
+        from podserve.config import ONE_SHOT_MAX_BYTES
+
+        one_shot_max_bytes = ONE_SHOT_MAX_BYTES
     data = json.loads(Path(path).read_text())
     rows = []
     for r in data["us_per_call"]:
