@@ -64,7 +64,7 @@ class HybridGraphs:
         hidden = model.config.hidden_size
         self.ids = torch.zeros(T, dtype=torch.int64, device=dev)  # [T]
         self.pos = torch.zeros(T, dtype=torch.int64, device=dev)  # [T]
-        self.x = torch.zeros(T, hidden, dtype=dt, device=dev)  # [T, hidden] residual entering a layer
+        self.x = torch.zeros(T, hidden, dtype=dt, device=dev)  # [T, hidden] the residual stream
         self.q = torch.zeros(T, attn.num_heads, attn.head_dim, dtype=dt, device=dev)  # [T, heads, head_dim]
         self.k = torch.zeros(T, attn.num_kv_heads, attn.head_dim, dtype=dt, device=dev)  # [T, kv_heads, head_dim]
         self.v = torch.zeros_like(self.k)
@@ -91,18 +91,19 @@ class HybridGraphs:
         """Piece ``i`` over the first ``T`` rows of the static buffers (see the module doc)."""
         model = self.runner.model
         layers = model.layers
+        residual = self.x[:T]  # updated in place by each residual add (inside the norms)
         if i == 0:
-            x = model.embed_tokens(self.ids[:T])
+            residual.copy_(model.embed_tokens(self.ids[:T]))
+            h = layers[0].input_layernorm(residual)
         else:
             prev = layers[i - 1]
-            x = self.x[:T] + prev.self_attn.o_proj(self.attn[:T])
-            x = x + prev.mlp(prev.post_attention_layernorm(x))
-        if i == len(layers):
-            self.hidden[:T].copy_(model.norm(x))
-            return
-        self.x[:T].copy_(x)
-        layer = layers[i]
-        q, k, v = layer.self_attn.project_qkv(self.pos[:T], layer.input_layernorm(x))
+            h, _ = prev.post_attention_layernorm(prev.self_attn.o_proj(self.attn[:T]), residual)
+            mlp_out = prev.mlp(h)
+            if i == len(layers):
+                self.hidden[:T].copy_(model.norm(mlp_out, residual)[0])
+                return
+            h, _ = layers[i].input_layernorm(mlp_out, residual)
+        q, k, v = layers[i].self_attn.project_qkv(self.pos[:T], h)
         self.q[:T].copy_(q)
         self.k[:T].copy_(k)
         self.v[:T].copy_(v)

@@ -16,11 +16,13 @@ from collections import defaultdict
 import torch
 
 FAMILIES = [  # first match wins; names of cuBLAS/cutlass/Triton/NCCL/torch kernels
-    ("allreduce", ("nccl", "allreduce", "all_reduce", "one_shot", "two_shot")),
+    # The fused TP reduction's barrier counts here; its kernel (_add_rms_norm: reading the
+    # peers' partials, residual add, norm) counts as elementwise, like the add + norm it replaces.
+    ("allreduce", ("nccl", "allreduce", "all_reduce", "one_shot", "two_shot", "barrier")),
     ("gemm", ("gemm", "cutlass", "sm90_xmma", "cublas", "nvjet", "matmul", "::mm", "addmm", "::bmm", "::linear")),
     ("attention", ("_decode", "_prefill", "_pod", "combine", "attn", "flash")),
     ("kv_write", ("write_kv", "_kv_write")),
-    ("elementwise", ("_rms_norm", "_rope", "_silu", "elementwise", "vectorized", "unrolled", "reduce_kernel")),
+    ("elementwise", ("_add_rms_norm", "_rms_norm", "_rope", "_silu", "elementwise", "vectorized", "unrolled", "reduce_kernel")),
     ("sampling", ("argmax", "softmax", "sort", "exponential", "index")),
     ("copy", ("memcpy", "copy", "memset")),
 ]

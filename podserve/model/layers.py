@@ -26,7 +26,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))  # default dtype and device
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """``norm(x)``; or, given the residual stream, ``residual += x`` in place and
+        ``(norm(residual), residual)`` -- one fused kernel on CUDA (the residual add of the
+        sublayer before this norm)."""
+        if residual is not None:
+            return add_rms_norm(x, residual, self.weight, self.eps), residual
         if _fused(x) and x.dim() == 2 and x.dtype == self.weight.dtype:
             from podserve.kernels.elementwise import rms_norm
 
@@ -35,6 +40,24 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor,  # [num_tokens, hidden]: a sublayer's output
+                 residual: torch.Tensor,  # [num_tokens, hidden]: the residual stream, updated in place
+                 weight: torch.Tensor | None,  # [hidden], or None: the add only
+                 eps: float) -> torch.Tensor:
+    """``residual += x``, then ``weight * rms_norm(residual)`` (or ``residual`` without a
+    weight): one Triton kernel on CUDA (``kernels/add_norm.py``), the same rounding in torch."""
+    if _fused(x) and x.dim() == 2 and x.dtype == residual.dtype and residual.stride(1) == 1 \
+            and (weight is None or weight.dtype == x.dtype):
+        from podserve.kernels.add_norm import add_rms_norm as fused
+
+        return fused([x.contiguous()], residual, weight, eps)
+    residual.add_(x)
+    if weight is None:
+        return residual
+    x32 = residual.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(residual.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
