@@ -88,7 +88,14 @@ class ParallelConfig:
     """Ranks each layer is split over (column/row-parallel linears, vocab-parallel
     embedding and head, KV heads split or replicated); must divide the attention heads."""
     pipeline_parallel_size: int = 1
-    """Stages the layers are split over; up to this many micro-batches are in flight."""
+    """Stages the layers are split over; ``pipeline_microbatches`` micro-batches are in flight."""
+    pipeline_microbatches: int | None = None
+    """Micro-batches in flight under pipeline parallelism; each sees at most ``1/this`` of the
+    running requests (core/inflight.py). One more than the stages keeps stage 0 busy with a
+    queued micro-batch while the engine applies a returned one and schedules the next (the
+    host gap), at the price of smaller micro-batches. None = the default, as many as the
+    stages (``pipeline_depth`` says why); when set, at least ``pipeline_parallel_size``.
+    Unused without pipeline stages."""
     distributed_backend: str = "auto"
     """torch.distributed backend: "gloo", "nccl", or "auto" (nccl on CUDA, gloo on CPU)."""
     worker_timeout_s: float = 300.0
@@ -121,6 +128,8 @@ class ParallelConfig:
         for name in ("worker_timeout_s", "worker_start_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ParallelConfig.{name}={getattr(self, name)!r} is invalid: expected seconds > 0")
+        check_pipeline_microbatches(self.pipeline_microbatches, self.pipeline_parallel_size,
+                                    "ParallelConfig.pipeline_microbatches")
 
     @property
     def world_size(self) -> int:
@@ -176,6 +185,26 @@ ONE_SHOT_MAX_BYTES = 4 << 20
 NVLink, so beyond a few MB a bandwidth-optimal NCCL ring catches up. Measured at TP=2 on
 H200s in CUDA graphs (benchmarks/allreduce.py): one-shot faster at 4 MB (35 vs 42 us), NCCL
 at 8 MB (55 vs 62 us). The simulator's ``--add-all-reduce`` import follows the same cap."""
+
+
+def check_pipeline_microbatches(value: int | None, pp: int, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is None or an integer >= ``pp``
+    (fewer micro-batches than stages would leave a stage idle for good)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < pp):
+        raise ValueError(f"{name}={value!r} is invalid: expected None (the default) or an integer "
+                         f">= the pipeline-parallel size ({pp}): every stage needs a micro-batch")
+
+
+def pipeline_depth(pp: int, microbatches: int | None = None) -> int:
+    """Micro-batches in flight in a ``pp``-stage pipeline (``ParallelConfig.pipeline_microbatches``),
+    decided here for the engine and the simulator alike: ``microbatches`` when set, else
+    ``pp``; 1 without pipeline stages. The default stays ``pp``: in simulation ``pp + 1``
+    hides the host gap (sarathi's bubbles 21% -> 6%) but its smaller micro-batches read the
+    weights more often, so median TBT rises 27-50% and throughput with every request at
+    t=0 falls 4-13% (docs/parallel.md, benchmarks/sim_pipeline_bubbles.py)."""
+    if pp == 1:
+        return 1
+    return microbatches if microbatches is not None else pp
 
 
 def async_scheduling_enabled(config: EngineConfig) -> bool:

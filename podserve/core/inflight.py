@@ -16,10 +16,13 @@ simulator's replicas share them.
    pinned (``scheduler.pinned``) so that it is never chosen for preemption meanwhile.
 3. *Balanced micro-batches.* A policy packs every visible running request into one batch
    (all decodes first), which would leave the next micro-batch empty once prefills are
-   done -- one micro-batch in a ``pp``-stage pipeline, ``1 - 1/pp`` of it idle. So each
-   micro-batch sees at most ``ceil(running / pp)`` running requests (the oldest not
-   hidden): the running set splits into ``pp`` groups that take turns, as vLLM's virtual
-   engines and Sarathi's uniform micro-batches do. New requests are admitted as usual.
+   done -- one micro-batch in a ``pp``-stage pipeline, ``1 - 1/pp`` of it idle. So with
+   ``m`` micro-batches in flight (``pp`` by default, ``ParallelConfig.pipeline_microbatches``)
+   each sees at most ``ceil(running / m)`` running requests (the oldest not hidden): the
+   running set splits into ``m`` groups that take turns, as vLLM's virtual engines and
+   Sarathi's uniform micro-batches do. New requests are admitted as usual. With ``m > pp``
+   stage 0 still holds a queued micro-batch when one returns, so the driver's work between
+   them (apply, schedule, ship) overlaps the stages' instead of idling stage 0.
 
 With ``lookahead`` (asynchronous scheduling for tensor parallelism: one executor, two
 steps in flight, the next scheduled while the previous runs) rules 1 and 3 change:
@@ -48,9 +51,10 @@ from podserve.core.batch import PENDING_TOKEN, ScheduledBatch
 class InFlightBatches:
     """Tracks, per request id, the submitted micro-batches that have not returned yet."""
 
-    def __init__(self, num_stages: int = 2, lookahead: bool = False):
-        """``num_stages``: micro-batches in flight at most (pipeline stages, or 2 for
-        asynchronous scheduling); ``lookahead``: rules 1' and 3' instead of 1 and 3."""
+    def __init__(self, num_microbatches: int = 2, lookahead: bool = False):
+        """``num_microbatches``: micro-batches in flight at most (``config.pipeline_depth``
+        under pipeline parallelism, 2 for asynchronous scheduling); ``lookahead``: rules 1'
+        and 3' instead of 1 and 3."""
         self._count: dict[str, int] = {}
         """In-flight sequences that sample a token, per request: the request is hidden
         (with ``lookahead``: shown with its token pending)."""
@@ -58,9 +62,9 @@ class InFlightBatches:
         """With ``lookahead``: input tokens of each request's in-flight sampling sequence."""
         self._ahead: dict[str, list[int]] = {}
         """In-flight non-final prefill chunks per request: [number of chunks, tokens]."""
-        self.num_stages = num_stages
+        self.num_microbatches = num_microbatches
         self.lookahead = lookahead
-        self._track = num_stages > 1
+        self._track = num_microbatches > 1
         """One stage only counts batches: a batch always returns before the next forms."""
         self.num_batches = 0
         """Micro-batches submitted and not yet returned."""
@@ -115,7 +119,7 @@ class InFlightBatches:
 
     def schedule(self, scheduler, now: float) -> ScheduledBatch:
         """``scheduler.schedule(now)`` over the running requests not hidden, at most
-        ``ceil(running / num_stages)`` of them, in-flight prefill chunks counted as done."""
+        ``ceil(running / num_microbatches)`` of them, in-flight prefill chunks counted as done."""
         saved = scheduler.running
         if not self._track or not saved:
             return scheduler.schedule(now)
@@ -131,7 +135,7 @@ class InFlightBatches:
                     visible.append(r)
                     pending.append(r)
         else:
-            quota = -(-len(saved) // self.num_stages)
+            quota = -(-len(saved) // self.num_microbatches)
             visible = [r for r in saved if r.request_id not in count][:quota]
         advanced = [(r, ahead[r.request_id][1]) for r in visible if r.request_id in ahead] if ahead else []
         advanced += [(r, self._sampling_tokens[r.request_id]) for r in pending]

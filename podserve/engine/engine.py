@@ -6,7 +6,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from podserve.config import EngineConfig, async_scheduling_enabled
+from podserve.config import EngineConfig, async_scheduling_enabled, pipeline_depth
 from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
 from podserve.core.scheduler import make_scheduler
@@ -46,7 +46,8 @@ class Engine:
         """Per-stage busy time and bubble fraction (tensor/pipeline-parallel engines only)."""
         self.async_scheduling = async_scheduling_enabled(self.config)
         """Two steps in flight, the next scheduled while one runs (``ParallelConfig.async_scheduling``)."""
-        self._depth = 2 if self.async_scheduling else self.num_stages
+        self._depth = 2 if self.async_scheduling else pipeline_depth(self.num_stages, parallel.pipeline_microbatches)
+        """Steps in flight at most: 1, 2 (asynchronous scheduling) or the pipeline's micro-batches."""
         self._inflight = InFlightBatches(self._depth, lookahead=self.async_scheduling)
         self._pending: deque = deque()  # (batch, submit time) of micro-batches in the pipeline
         self._carried: list[RequestOutput] = []
@@ -176,10 +177,10 @@ class Engine:
         """One iteration: schedule, execute, update. Returns outputs of requests that advanced.
 
         Up to ``self._depth`` batches are in flight, and the oldest is applied when its tokens
-        return: one for the plain loop (schedule, run, apply); ``num_stages`` micro-batches
-        for pipeline parallelism, whose in-flight requests are hidden from the scheduler
-        (``InFlightBatches``), so none is scheduled twice; two for asynchronous scheduling,
-        each over every running request (``InFlightBatches(lookahead=True)``)."""
+        return: one for the plain loop (schedule, run, apply); ``config.pipeline_depth`` (at
+        least the stages) micro-batches for pipeline parallelism, whose in-flight requests are
+        hidden from the scheduler (``InFlightBatches``), so none is scheduled twice; two for
+        asynchronous scheduling, each over every running request (``InFlightBatches(lookahead=True)``)."""
         self._submit_ready()
         carried, self._carried = self._carried, []
         if not self._pending:

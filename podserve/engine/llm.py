@@ -28,6 +28,8 @@ class LLM:
         layers of steps with prefill tokens up to ``cuda_graph_max_tokens`` tokens).
         tensor_parallel_size, pipeline_parallel_size: ranks per layer and pipeline stages;
         above 1 the model runs in worker processes (``close()`` or ``with LLM(...)`` stops them).
+        pipeline_microbatches: micro-batches in flight with pipeline stages (None: the default,
+        ``ParallelConfig.pipeline_microbatches``).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class LLM:
         cuda_graph_max_tokens: int = 1024,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
+        pipeline_microbatches: int | None = None,
     ):
         config = EngineConfig(
             model=model,
@@ -72,7 +75,8 @@ class LLM:
             ),
             cache=CacheConfig(block_size=block_size, kv_cache_memory=kv_cache_memory, num_blocks=num_kv_blocks,
                               kv_layout=kv_layout, gpu_memory_utilization=gpu_memory_utilization),
-            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size),
+            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
+                                    pipeline_microbatches=pipeline_microbatches),
         )
         self.engine = Engine(config)
 

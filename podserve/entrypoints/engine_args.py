@@ -42,6 +42,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and unseeded sampling (default: 0)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="split every layer over N worker processes (one per GPU on CUDA); N must divide the attention heads (default: 1)")
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="split the layers over N pipeline stages, one worker process each; N must divide the layers (default: 1)")
+    g.add_argument("--pipeline-microbatches", type=int, default=None, metavar="N",
+                   help="with -pp > 1: micro-batches in flight, at least the stages; more than the stages hide the "
+                        "engine's scheduling behind a queued micro-batch, with smaller micro-batches (default: as many as the stages)")
     g.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_const", const=False, default=None, help="schedule each step only after the previous one returned (by default, with tensor parallelism or on one CUDA device with paged KV, the next step is scheduled while one runs)")
     g.add_argument("--disable-custom-all-reduce", dest="custom_all_reduce", action="store_false", help="tensor parallelism on CUDA: all-reduce through NCCL only (by default messages up to 4 MB take a one-shot all-reduce over symmetric memory)")
     g.add_argument("--distributed-backend", default="auto", choices=["auto", "gloo", "nccl"], help="torch.distributed backend of the workers; auto = nccl on CUDA, gloo on CPU (default: auto)")
@@ -76,6 +79,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         parallel=ParallelConfig(
             tensor_parallel_size=args.tensor_parallel_size,
             pipeline_parallel_size=args.pipeline_parallel_size,
+            pipeline_microbatches=args.pipeline_microbatches,
             distributed_backend=args.distributed_backend,
             async_scheduling=args.async_scheduling,
             custom_all_reduce=args.custom_all_reduce,

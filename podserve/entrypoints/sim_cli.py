@@ -165,6 +165,7 @@ def cmd_simulate(args) -> int:
     blocks = num_kv_blocks(config, fitted.meta, tp=args.tp, pp=args.pp, block_size=args.block_size,
                            kv_cache_memory=args.kv_cache_memory, num_blocks=args.num_kv_blocks)
     cluster = ClusterConfig(scheduler=sched, num_replicas=args.num_replicas, tp=args.tp, pp=args.pp,
+                            pipeline_microbatches=engine_config.parallel.pipeline_microbatches,
                             global_scheduler=args.global_scheduler, block_size=args.block_size, seed=args.workload_seed)
     budget = SLOTokenBudget(cost, args.tbt_slo) if args.tbt_slo is not None else None
     setup_s = time.perf_counter() - t0

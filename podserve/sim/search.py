@@ -31,6 +31,9 @@ class SearchPoint:
     max_num_seqs: int
     tbt_budget: bool = False
     """Sarathi with the SLO-aware token budget (chunk_size is then only the cap)."""
+    pipeline_microbatches: int | None = None
+    """Micro-batches in flight with ``pp > 1`` (``ParallelConfig.pipeline_microbatches``);
+    None = the engine's default."""
 
     @property
     def num_gpus(self) -> int:
@@ -38,7 +41,8 @@ class SearchPoint:
 
     def label(self) -> str:
         sched = self.scheduler + ("+slo-budget" if self.tbt_budget else f"/c{self.chunk_size}" if self.scheduler in CHUNKED else "")
-        return f"{self.model}@{self.profile} tp{self.tp} pp{self.pp} x{self.num_replicas} {sched} seqs{self.max_num_seqs}"
+        pp = f"pp{self.pp}" + (f"/mb{self.pipeline_microbatches}" if self.pipeline_microbatches is not None else "")
+        return f"{self.model}@{self.profile} tp{self.tp} {pp} x{self.num_replicas} {sched} seqs{self.max_num_seqs}"
 
 
 def grid(models, profiles, tps, pps, replicas, schedulers, chunk_sizes, max_num_seqs, tbt_budget: bool = False,
@@ -140,7 +144,7 @@ def evaluate(task: SearchTask) -> dict:
         cost = CostModel(fitted, config, pt.tp, pt.pp)
         blocks = num_kv_blocks(config, fitted.meta, tp=pt.tp, pp=pt.pp)
         cluster = ClusterConfig(scheduler=sched, num_replicas=pt.num_replicas, tp=pt.tp, pp=pt.pp,
-                                global_scheduler="round_robin")
+                                pipeline_microbatches=pt.pipeline_microbatches, global_scheduler="round_robin")
         Simulator(cluster, cost, blocks)  # validates the policy's limits before any probe
     except ValueError as e:
         return {**out, "feasible": False, "reason": str(e), "wall_s": time.perf_counter() - t0}

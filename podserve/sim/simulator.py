@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from podserve.bench.runner import fit_to_context
 from podserve.bench.workloads import WorkloadRequest
-from podserve.config import SchedulerConfig
+from podserve.config import SchedulerConfig, check_pipeline_microbatches
 from podserve.core.batch import ExecutorOutput, ScheduledBatch
 from podserve.metrics import MetricsCollector
 from podserve.metrics.pipeline import PipelineStats
@@ -29,10 +29,16 @@ class ClusterConfig:
     num_replicas: int = 1
     tp: int = 1
     pp: int = 1
+    pipeline_microbatches: int | None = None
+    """Micro-batches in flight per replica with ``pp > 1``: the engine's
+    ``ParallelConfig.pipeline_microbatches`` (None = the same default, ``config.pipeline_depth``)."""
     global_scheduler: str = "round_robin"
     block_size: int = 16
     watermark: float = 0.01
     seed: int = 0
+
+    def __post_init__(self):
+        check_pipeline_microbatches(self.pipeline_microbatches, self.pp, "ClusterConfig.pipeline_microbatches")
 
     @property
     def num_gpus(self) -> int:
@@ -58,8 +64,8 @@ class Simulator:
     def __init__(self, config: ClusterConfig, cost_model: CostModel, num_blocks: int, token_budget=None):
         self.config = config
         self.cost_model = cost_model
-        self.replicas = [Replica(i, config.scheduler, cost_model, num_blocks, config.block_size, config.watermark, config.pp)
-                         for i in range(config.num_replicas)]
+        self.replicas = [Replica(i, config.scheduler, cost_model, num_blocks, config.block_size, config.watermark, config.pp,
+                                 config.pipeline_microbatches) for i in range(config.num_replicas)]
         if token_budget is None and config.scheduler.tbt_slo is not None:
             from podserve.sim.token_budget import SLOTokenBudget
 
@@ -122,10 +128,17 @@ class Simulator:
             replica.stage_free[0] = end
             self._push(end, E.BATCH_END, (replica, batch, now))
         else:
-            end = now + cost.host + cost.stage
+            # The driver's host work (apply, schedule, ship) delays this micro-batch, and stage 0
+            # may still be running earlier ones: with more micro-batches than stages it is, and
+            # the host time is hidden behind them.
+            shipped = now + cost.host
+            replica.driver_free = shipped
+            begin = max(shipped, replica.stage_free[0])
+            end = begin + cost.stage
             replica.stage_free[0] = end
-            spans = [(now + cost.host, end)]  # each stage's busy span, as the engine's workers report it
+            spans = [(begin, end)]  # each stage's busy span, as the engine's workers report it
             self._push(end, E.STAGE_END, (replica, batch, now, 0, cost, spans))
+            self._push(shipped, E.SCHEDULE, (replica,))  # the engine then fills the pipeline up
 
     def _on_stage_end(self, replica: Replica, batch: ScheduledBatch, start: float, stage: int, cost, spans) -> None:
         nxt = stage + 1
@@ -138,8 +151,6 @@ class Simulator:
             self._push(end, E.BATCH_END, (replica, batch, start))
         else:
             self._push(end, E.STAGE_END, (replica, batch, start, nxt, cost, spans))
-        if stage == 0:
-            self._start_soon(replica)  # stage 0 is free: the next micro-batch can enter
 
     def _on_batch_end(self, replica: Replica, batch: ScheduledBatch, start: float) -> None:
         now = self.now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podserve.config import SchedulerConfig
+from podserve.config import ParallelConfig, SchedulerConfig, pipeline_depth
 from podserve.core.batch import ExecutorOutput
 from podserve.core.inflight import InFlightBatches
 from podserve.core.kv.paged import BlockManager
@@ -74,6 +74,53 @@ def test_prefill_chunks_of_one_request_fill_consecutive_micro_batches():
     assert len(req.output_token_ids) == 3
 
 
+@pytest.mark.parametrize("policy", ["sarathi", "vllm"])
+@pytest.mark.parametrize("seed", range(4))
+def test_one_micro_batch_more_than_stages_keeps_the_rules(policy, seed):
+    # pipeline_microbatches = pp + 1 (three in flight for two stages): random lengths and
+    # arrivals in waves, every request completes with exactly its tokens, none is scheduled
+    # again while its token is pending (checked by _drive_pipeline on every micro-batch).
+    import random
+
+    rng = random.Random(seed)
+    sched = make_scheduler(SchedulerConfig(policy=policy, chunk_size=32, max_num_seqs=8, max_model_len=256),
+                           BlockManager(96, 8))
+    reqs = [make_request(i, 0.0, rng.randint(4, 150), rng.randint(1, 30)) for i in range(14)]
+    for r in reqs:
+        sched.add_request(r)
+    batches = _drive_pipeline(sched, pipeline_depth(2, 3), max_steps=5000)
+    assert all(len(r.output_token_ids) == r.sampling_params.max_tokens for r in reqs)
+    assert sched.kv.num_requests() == 0
+    assert len(batches) > 3
+
+
+def test_pipeline_microbatches_fewer_than_stages_is_refused():
+    from podserve.sim.simulator import ClusterConfig
+
+    assert pipeline_depth(1, 3) == 1 and pipeline_depth(2) == 2 and pipeline_depth(2, 3) == 3
+    assert ParallelConfig(pipeline_parallel_size=2, pipeline_microbatches=3).pipeline_microbatches == 3
+    with pytest.raises(ValueError, match=r"ParallelConfig\.pipeline_microbatches=1 is invalid.*pipeline-parallel size \(2\)"):
+        ParallelConfig(pipeline_parallel_size=2, pipeline_microbatches=1)
+    with pytest.raises(ValueError, match=r"ParallelConfig\.pipeline_microbatches='3' is invalid"):
+        ParallelConfig(pipeline_parallel_size=2, pipeline_microbatches="3")
+    with pytest.raises(ValueError, match=r"ClusterConfig\.pipeline_microbatches=2 is invalid.*\(4\)"):
+        ClusterConfig(pp=4, pipeline_microbatches=2)
+
+
+def test_pipeline_microbatches_flag_reaches_the_config():
+    import argparse
+
+    from podserve.entrypoints.engine_args import add_engine_args, engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    assert engine_config_from_args(parser.parse_args(["-pp", "2"])).parallel.pipeline_microbatches is None
+    par = engine_config_from_args(parser.parse_args(["-pp", "2", "--pipeline-microbatches", "3"])).parallel
+    assert (par.pipeline_parallel_size, par.pipeline_microbatches) == (2, 3)
+    with pytest.raises(ValueError, match="pipeline_microbatches=1"):
+        engine_config_from_args(parser.parse_args(["-pp", "2", "--pipeline-microbatches", "1"]))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_pipelined_chunks_survive_kv_pressure(seed):
     # A cache far too small for the load forces preemptions while chunks are in flight.
@@ -91,14 +138,16 @@ def test_pipelined_chunks_survive_kv_pressure(seed):
     assert sched.kv.num_requests() == 0
 
 
-def test_running_requests_split_evenly_over_the_micro_batches():
-    # Greedy packing would put all 8 decodes in one micro-batch and leave the other stage idle.
+@pytest.mark.parametrize("depth, num_requests", [(2, 8), (3, 9)])
+def test_running_requests_split_evenly_over_the_micro_batches(depth, num_requests):
+    # Greedy packing would put all decodes in one micro-batch and leave the other stages idle;
+    # with ``depth`` micro-batches in flight each takes 1/depth of them.
     sched = make_scheduler(SchedulerConfig(chunk_size=512, max_num_seqs=16, max_model_len=256), BlockManager(256, 16))
-    for i in range(8):
+    for i in range(num_requests):
         sched.add_request(make_request(i, 0.0, 4, 30))
-    inflight, pending, sizes = InFlightBatches(2), [], []
+    inflight, pending, sizes = InFlightBatches(depth), [], []
     while sched.has_unfinished() or pending:
-        while len(pending) < 2:
+        while len(pending) < depth:
             batch = inflight.schedule(sched, 0.0)
             if batch.is_empty:
                 break
@@ -109,7 +158,7 @@ def test_running_requests_split_evenly_over_the_micro_batches():
         inflight.remove(batch)
         sched.update(batch, ExecutorOutput([7 if s.do_sample else None for s in batch.seqs]), 0.0)
     decode_only = [d for d, p in sizes if p == 0]
-    assert len(decode_only) > 40 and set(decode_only) == {4}
+    assert len(decode_only) > 40 and set(decode_only) == {num_requests // depth}
 
 
 def test_bubble_fraction_of_a_hand_computed_timeline():

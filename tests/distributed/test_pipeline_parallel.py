@@ -30,6 +30,25 @@ def test_pp2_pipelines_micro_batches_and_matches_pp1(tiny_llama_dir, reference_t
     assert_gone(pids)
 
 
+def test_pp2_with_three_micro_batches_in_flight_matches_pp1(tiny_llama_dir, reference_tokens):
+    # pipeline_microbatches=3: stage 0 holds a queued micro-batch while one returns; the
+    # workers take three in flight (sends and receives in order) and the tokens are unchanged.
+    with LLM(tiny_llama_dir, pipeline_parallel_size=2, pipeline_microbatches=3, **ENGINE) as llm:
+        engine = llm.engine
+        for prompt in PROMPTS:
+            engine.add_request(prompt, GREEDY)
+        most_in_flight, tokens = 0, {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    tokens[int(out.request_id)] = out.outputs[0].token_ids
+            most_in_flight = max(most_in_flight, engine.runner.num_in_flight)
+        assert [tokens[i] for i in range(len(PROMPTS))] == reference_tokens
+        assert most_in_flight == 3
+        assert engine.pipeline_stats.summary()["num_stages"] == 2
+        assert generate_tokens(llm) == reference_tokens  # again, through generate()
+
+
 def test_tp2_pp2_together_match_one_device(tiny_llama_dir, reference_tokens):
     with LLM(tiny_llama_dir, tensor_parallel_size=2, pipeline_parallel_size=2, **ENGINE) as llm:
         assert len(llm.engine.runner.pids) == 4

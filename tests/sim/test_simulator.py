@@ -10,6 +10,7 @@ from podserve.bench.workloads import WorkloadConfig, WorkloadRequest, generate
 from podserve.config import SchedulerConfig
 from podserve.core.scheduler.sarathi import SarathiScheduler
 from podserve.metrics import MetricsCollector
+from podserve.sim.cost_model import IterationCost
 from podserve.sim.simulator import ClusterConfig, Simulator
 from podserve.sim.slo_watch import LatencySLO
 
@@ -72,6 +73,33 @@ def test_pipeline_bubble_of_a_lone_long_prompt_by_hand(linear_cost):
     pipe = res.collector.summary()["pipeline"]
     assert pipe["num_micro_batches"] == 8 and pipe["stage_busy_s"] == pytest.approx([0.512, 0.512])
     assert pipe["bubble_fraction"] == pytest.approx(1 - 1.024 / 1.152)
+
+
+class HostAndStageCost:
+    """Every micro-batch: 1 ms of driver (host) time, then 4 ms on each of two stages."""
+
+    pp = 2
+
+    def iteration_cost(self, batch) -> IterationCost:
+        return IterationCost(1e-3, 4e-3, 0.0)
+
+
+@pytest.mark.parametrize("microbatches, end, busy, tbt", [(2, 31e-3, 20e-3, [9e-3, 9e-3]), (3, 38e-3, 28e-3, [9e-3, 12e-3])])
+def test_a_third_micro_batch_hides_the_host_gap_by_hand(microbatches, end, busy, tbt):
+    # Six 4-token prompts, 3 tokens each. The prefills go out together (formed at 0, shipped
+    # at 1 ms, stage 0 1-5, stage 1 5-9 ms); then decodes in ceil(6 / micro-batches) groups.
+    # Two micro-batches: each returns (9 ms in the pipeline) and the next is shipped 1 ms later,
+    # stage 0 idle meanwhile: 5 micro-batches, done at 31 ms. Three: B, C, D shipped at 10,
+    # 11, 12 ms run back to back on stage 0 (10-22 ms); when B returns at 18 ms stage 0 still
+    # holds D, so E's host millisecond is hidden -- but 7 micro-batches of 4 ms, done at 38 ms.
+    wl = [WorkloadRequest(0.0, 4, 3) for _ in range(6)]
+    res = _sim(HostAndStageCost(), chunk=64, pp=2, pipeline_microbatches=microbatches).run(wl)
+    pipe = res.collector.summary()["pipeline"]
+    assert pipe["active_s"] == pytest.approx(end)
+    assert pipe["stage_busy_s"] == pytest.approx([busy, busy])
+    assert pipe["bubble_fraction"] == pytest.approx(1 - 2 * busy / (2 * end))
+    assert res.collector.requests[0].tbt == pytest.approx(tbt)
+    assert all(r.num_output_tokens == 3 for r in res.collector.requests)
 
 
 def test_routing_policies(linear_cost):
