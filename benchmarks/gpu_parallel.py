@@ -7,9 +7,10 @@ Three parts, each optional (--parts), on a random-weight preset (Llama-3-8B shap
   whatever the parallelism, so bf16 equality says little);
 - throughput: output tokens/s of TP=1 and TP=--tp on a decode-heavy workload (fixed
   --decode-prompt-tokens prompts, --decode-output-tokens outputs);
-- bubbles: PP=--pp on the arxiv trace, per scheduler (--schedulers): pipeline bubble fraction
-  (1 - stage busy time / (stages x time with work in flight)) and throughput; requests all
-  at t=0 (--arrival static) or Poisson at --qps.
+- bubbles: PP=--pp on the arxiv trace, per scheduler (--schedulers) and per number of
+  micro-batches in flight (--pipeline-microbatches, e.g. ``default,pp+1``): pipeline bubble
+  fraction (1 - stage busy time / (stages x time with work in flight)) and throughput;
+  requests all at t=0 (--arrival static) or Poisson at --qps.
 
 Writes JSON to --out (default $OUT/parallel.json; rewritten after every run, so a cut-off
 run keeps what it measured) and prints a compact table last. Runs on CPU with gloo too:
@@ -29,7 +30,7 @@ from pathlib import Path
 
 
 def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cache_memory=None, attention=None,
-                  enforce_eager=False, async_scheduling=True, custom_all_reduce=True):
+                  enforce_eager=False, async_scheduling=True, custom_all_reduce=True, pipeline_microbatches=None):
     from podserve.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 
     return EngineConfig(
@@ -38,7 +39,7 @@ def engine_config(args, *, tp=1, pp=1, scheduler="sarathi", dtype="auto", kv_cac
         scheduler=SchedulerConfig(policy=scheduler, chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs),
         cache=CacheConfig(block_size=16, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory=kv_cache_memory),
         parallel=ParallelConfig(tensor_parallel_size=tp, pipeline_parallel_size=pp, async_scheduling=async_scheduling,
-                                custom_all_reduce=custom_all_reduce),
+                                custom_all_reduce=custom_all_reduce, pipeline_microbatches=pipeline_microbatches),
     )
 
 
@@ -149,6 +150,7 @@ def _graph_info(engine) -> dict:
     runner = engine.runner
     if hasattr(runner, "cuda_graphs"):
         return {"cuda_graphs": runner.cuda_graphs, "one_shot_all_reduce": runner.one_shot_all_reduce,
+                "fused_all_reduce": runner.fused_all_reduce,
                 "startup_errors": runner.startup_errors}
     return {"cuda_graphs": getattr(runner, "graphs", None) is not None, "startup_errors": getattr(runner, "startup_errors", [])}
 
@@ -172,8 +174,12 @@ def run_workload_result(args, config, workload, part: str) -> dict:
     summary = run.collector.summary()
     out_tokens = sum(w.num_output_tokens for w in workload)
     par = config.parallel
+    from podserve.config import pipeline_depth
+
     return {
         "part": part, "tp": par.tensor_parallel_size, "pp": par.pipeline_parallel_size,
+        "pipeline_microbatches": pipeline_depth(par.pipeline_parallel_size, par.pipeline_microbatches),
+        "pipeline_microbatches_default": par.pipeline_microbatches is None,
         "scheduler": config.scheduler.policy, "startup_s": startup, "wall_s": run.wall_s,
         "output_tok_s": out_tokens / run.wall_s,
         "total_tok_s": sum(w.num_prompt_tokens + w.num_output_tokens for w in workload) / run.wall_s,
@@ -207,20 +213,35 @@ def part_throughput(args, record) -> None:
     workload = generate(WorkloadConfig(
         num_requests=args.decode_requests, lengths="fixed", prompt_tokens=args.decode_prompt_tokens,
         output_tokens=args.decode_output_tokens, arrival="static", seed=0))
-    # TP=1; TP=N as served (asynchronous scheduling, one-shot all-reduce); TP=N with NCCL
-    # all-reduces only; TP=N synchronous.
-    variants = [(1, True, True)] + ([(args.tp, True, True), (args.tp, True, False), (args.tp, False, True)]
-                                    if args.tp > 1 else [])
-    for tp, overlap, custom_ar in variants:
+    # TP=1; TP=N as served (asynchronous scheduling, reductions fused into the residual add +
+    # norm over symmetric memory); the same with the one-shot all-reduce unfused; with NCCL
+    # all-reduces only; synchronous. --throughput-variants picks among them.
+    table = {"tp1": (1, True, True, True), "async": (args.tp, True, True, True),
+             "unfused": (args.tp, True, True, False), "nccl": (args.tp, True, False, False),
+             "sync": (args.tp, False, True, True)}
+    names = [v.strip() for v in args.throughput_variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in table]
+    if unknown:
+        raise SystemExit(f"--throughput-variants: unknown {unknown}; choose from {sorted(table)}")
+    for name in names:
+        tp, overlap, custom_ar, fused = table[name]
+        if tp == 1 and name != "tp1":
+            continue
         label = f"throughput tp{tp} decode-heavy" + ("" if tp == 1 else (" async" if overlap else " sync")
-                                                     + ("" if custom_ar else " nccl-only"))
+                                                     + ("" if custom_ar else " nccl-only")
+                                                     + ("" if fused or not custom_ar else " unfused"))
+        # Workers read it when they import podserve.distributed.allreduce (after this point).
+        os.environ["PODSERVE_FUSED_ALLREDUCE"] = "1" if fused else "0"
         try:
             config = engine_config(args, tp=tp, async_scheduling=overlap, custom_all_reduce=custom_ar)
             r = run_workload_result(args, config, workload, "throughput")
             r["async_scheduling"] = overlap
             r["custom_all_reduce"] = custom_ar
+            r["fused_all_reduce_env"] = fused
         except Exception as e:
             r = {"part": "throughput", "tp": tp, "pp": 1, "error": _error(e)}
+        finally:
+            os.environ.pop("PODSERVE_FUSED_ALLREDUCE", None)
         record(label, r)
 
 
@@ -231,13 +252,27 @@ def part_bubbles(args, record) -> None:
         num_requests=args.num_requests, lengths="trace", trace=args.trace, arrival=args.arrival, qps=args.qps,
         max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
         length_scale=args.length_scale, seed=0))
-    for scheduler in args.schedulers.split(","):
-        label = f"bubbles pp{args.pp} {scheduler}"
-        try:
-            r = run_workload_result(args, engine_config(args, pp=args.pp, scheduler=scheduler), workload, "bubbles")
-        except Exception as e:
-            r = {"part": "bubbles", "tp": 1, "pp": args.pp, "scheduler": scheduler, "error": _error(e)}
-        record(label, r)
+    for spec in args.pipeline_microbatches.split(","):
+        microbatches = microbatches_of(spec, args.pp)
+        for scheduler in args.schedulers.split(","):
+            label = f"bubbles pp{args.pp}" + ("" if microbatches is None else f" mb{microbatches}") + f" {scheduler}"
+            try:
+                config = engine_config(args, pp=args.pp, scheduler=scheduler, pipeline_microbatches=microbatches)
+                r = run_workload_result(args, config, workload, "bubbles")
+            except Exception as e:
+                r = {"part": "bubbles", "tp": 1, "pp": args.pp, "scheduler": scheduler,
+                     "pipeline_microbatches": microbatches, "error": _error(e)}
+            record(label, r)
+
+
+def microbatches_of(spec: str, pp: int) -> int | None:
+    """``default`` -> None (the engine's default), ``pp+K`` -> pp + K, else an integer."""
+    spec = spec.strip().replace(" ", "")
+    if spec == "default":
+        return None
+    if spec.startswith("pp"):
+        return pp + int(spec[2:] or 0)
+    return int(spec)
 
 
 def _error(e: Exception) -> str:
@@ -268,10 +303,14 @@ def table(runs: list[dict]) -> str:
         tok_s = f"{r['output_tok_s']:.0f}" if "output_tok_s" in r else "-"
         bubble = f"{r['bubble_fraction']:.1%}" if r.get("bubble_fraction") is not None else "-"
         lines.append(f"{label:<34}{tok_s:>11}{r['wall_s']:>9.1f}{r['startup_s']:>9.1f}{bubble:>9}  {note}")
-    bubbles = {r["scheduler"]: r["bubble_fraction"] for _, r in runs
-               if r.get("part") == "bubbles" and r.get("bubble_fraction") is not None}
-    if "sarathi" in bubbles and "vllm" in bubbles and bubbles["sarathi"] > 0:
-        lines.append(f"bubble fraction vllm / sarathi: {bubbles['vllm'] / bubbles['sarathi']:.2f}x")
+    by_depth: dict[int, dict[str, float]] = {}  # micro-batches in flight -> scheduler -> bubble fraction
+    for _, r in runs:
+        if r.get("part") == "bubbles" and r.get("bubble_fraction") is not None:
+            by_depth.setdefault(r["pipeline_microbatches"], {})[r["scheduler"]] = r["bubble_fraction"]
+    for depth, bubbles in by_depth.items():
+        if "sarathi" in bubbles and "vllm" in bubbles and bubbles["sarathi"] > 0:
+            lines.append(f"bubble fraction vllm / sarathi, {depth} micro-batches in flight: "
+                         f"{bubbles['vllm'] / bubbles['sarathi']:.2f}x")
     return "\n".join(lines)
 
 
@@ -281,6 +320,9 @@ def main():
     ap.add_argument("--device", default="cuda", help="cuda (NCCL), or cpu (gloo) to smoke-test with a tiny preset")
     ap.add_argument("--attention", default=None, help="attention backend (default: triton on cuda, torch on cpu)")
     ap.add_argument("--parts", default="tokens,throughput,bubbles")
+    ap.add_argument("--throughput-variants", default="tp1,async,unfused,nccl",
+                    help="throughput part: any of tp1, async (as served: fused reductions), unfused (one-shot "
+                         "all-reduce, then add + norm), nccl (NCCL all-reduces only), sync (no async scheduling)")
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--pp", type=int, default=2)
     ap.add_argument("--max-model-len", type=int, default=8192)
@@ -298,6 +340,9 @@ def main():
     ap.add_argument("--decode-output-tokens", type=int, default=512)
     ap.add_argument("--trace", default="arxiv")
     ap.add_argument("--schedulers", default="sarathi,vllm")
+    ap.add_argument("--pipeline-microbatches", default="default",
+                    help="bubbles part: comma list of micro-batches in flight, each run per scheduler: default (the "
+                         "engine's), pp+K, or an integer >= --pp; e.g. default,pp+1 (default: default)")
     ap.add_argument("--num-requests", type=int, default=128)
     ap.add_argument("--arrival", default="static", choices=["static", "poisson"],
                     help="bubbles part: all requests at t=0, or Poisson arrivals at --qps (prefills then interleave with decodes)")

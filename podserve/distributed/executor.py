@@ -80,6 +80,8 @@ class DistributedExecutor:
         """Every rank replays captured decode graphs (tensor-parallel CUDA ranks)."""
         self.one_shot_all_reduce = all(info.get("one_shot_all_reduce", False) for info in infos)
         """Every rank all-reduces small messages one-shot over symmetric memory (CUDA, tp > 1)."""
+        self.fused_all_reduce = all(info.get("fused_all_reduce", False) for info in infos)
+        """Every rank reduces row-parallel outputs inside the residual add + norm (allreduce.py)."""
         self.startup_errors = [f"rank {info['rank']}: {e}" for info in infos for e in info.get("startup_errors", [])]
         """Start-up optimisations a rank had to skip (graph capture, kernel warm-up), by rank."""
         self._leaders = [rank_of(0, s, self.tp) for s in range(self.pp)]

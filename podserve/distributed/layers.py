@@ -175,10 +175,13 @@ class PipelineSend(nn.Module):
         self._pending = []
 
 
-def parallelize(model: nn.Module, ctx, vocab_size: int, one_shot_all_reduce: bool = True) -> TPAllReduce | None:
+def parallelize(model: nn.Module, ctx, vocab_size: int, one_shot_all_reduce: bool = True,
+                max_pending_sends: int = 2) -> TPAllReduce | None:
     """Install the wrappers of this rank (``ctx``: a ``RankContext``) into ``model`` in place;
     returns the tensor-parallel all-reduce they share (None without tensor parallelism).
-    ``one_shot_all_reduce``: small CUDA messages through symmetric memory (``allreduce``)."""
+    ``one_shot_all_reduce``: small CUDA messages through symmetric memory (``allreduce``);
+    ``max_pending_sends``: activations a stage may have in flight to the next (one per
+    micro-batch in the pipeline, so a stage never waits inside a send)."""
     tp, group = ctx.tp, ctx.tp_group
     hidden = model.config.hidden_size
     dtype = model.norm.weight.dtype
@@ -202,6 +205,6 @@ def parallelize(model: nn.Module, ctx, vocab_size: int, one_shot_all_reduce: boo
             model.norm = ReducingNorm(model.norm, all_reduce, slot=1)
             model.lm_head = VocabParallelHead(model.lm_head, vocab_size, tp, group)
     else:
-        model.norm = PipelineSend(ctx.next_rank, all_reduce=all_reduce)
+        model.norm = PipelineSend(ctx.next_rank, max_pending=max_pending_sends, all_reduce=all_reduce)
         model.lm_head = nn.Identity()  # never used: earlier stages sample nothing
     return all_reduce

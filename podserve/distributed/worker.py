@@ -64,13 +64,15 @@ def worker_main(conn, config, ctx_args: dict, port: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        ctx, runner, one_shot = _build(config, ctx_args, port)
+        ctx, runner, all_reduce = _build(config, ctx_args, port)
     except BaseException:
         _report_error(conn)
         return
     try:
         conn.send(("ready", {"num_blocks": runner.num_blocks, "rank": ctx.rank, "cuda_graphs": runner.graphs is not None,
-                             "one_shot_all_reduce": one_shot, "startup_errors": runner.startup_errors}))
+                             "one_shot_all_reduce": all_reduce is not None and all_reduce.one_shot,
+                             "fused_all_reduce": all_reduce is not None and all_reduce.fused,
+                             "startup_errors": runner.startup_errors}))
         _serve(conn, ctx, runner)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the engine went away: nothing left to report to
@@ -83,6 +85,7 @@ def worker_main(conn, config, ctx_args: dict, port: int) -> None:
 def _build(config, ctx_args: dict, port: int):
     import torch
 
+    from podserve.config import pipeline_depth
     from podserve.core.partition import Partition
     from podserve.distributed.context import RankContext, init_distributed
     from podserve.distributed.layers import parallelize
@@ -104,11 +107,12 @@ def _build(config, ctx_args: dict, port: int):
     installed = []
     runner = ModelRunner(rank_config, shard, weights, ctx_args["max_model_len"],
                          model_hook=lambda model: installed.append(
-                             parallelize(model, ctx, model_config.vocab_size, par.custom_all_reduce)))
+                             parallelize(model, ctx, model_config.vocab_size, par.custom_all_reduce,
+                                         pipeline_depth(par.pipeline_parallel_size, par.pipeline_microbatches))))
     all_reduce = installed[0]
     if all_reduce is not None and all_reduce.error is not None:
         runner.startup_errors.append(all_reduce.error)
-    return ctx, runner, all_reduce is not None and all_reduce.one_shot
+    return ctx, runner, all_reduce
 
 
 def _serve(conn, ctx, runner) -> None:

@@ -13,6 +13,11 @@ FUSED_CUDA_OPS = os.environ.get("PODSERVE_FUSED_OPS", "1") != "0"
 (``podserve/kernels/elementwise.py``, same rounding as the torch code here); set
 ``PODSERVE_FUSED_OPS=0`` to run the torch ops instead (e.g. to measure the difference)."""
 
+FUSED_ADD_NORM = os.environ.get("PODSERVE_FUSED_ADD_NORM", "1") != "0"
+"""On CUDA (with ``FUSED_CUDA_OPS``), each residual add runs inside the RMSNorm after it
+(``kernels/add_norm.py``); ``PODSERVE_FUSED_ADD_NORM=0`` runs a torch add, then the RMSNorm
+kernel (to measure the difference)."""
+
 
 def _fused(x: torch.Tensor) -> bool:
     return FUSED_CUDA_OPS and x.is_cuda
@@ -52,10 +57,15 @@ def add_rms_norm(x: torch.Tensor,  # [num_tokens, hidden]: a sublayer's output
             and (weight is None or weight.dtype == x.dtype):
         from podserve.kernels.add_norm import add_rms_norm as fused
 
-        return fused([x.contiguous()], residual, weight, eps)
+        if FUSED_ADD_NORM:
+            return fused([x.contiguous()], residual, weight, eps)
     residual.add_(x)
     if weight is None:
         return residual
+    if _fused(residual) and residual.dtype == weight.dtype:
+        from podserve.kernels.elementwise import rms_norm
+
+        return rms_norm(residual, weight, eps)
     x32 = residual.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(residual.dtype)
 
