@@ -121,6 +121,16 @@ def run_round(args, requests, dtype_name: str) -> dict:
     hf_single = run_hf(hf, [(single_prompt, args.single_tokens)], 1)["output_tok_s"]
 
     pod = run_podserve(llm, requests)
+    pod_torch_attn = None
+    if args.compare_torch_attention:  # the same engine with its decodes on the torch path
+        from podserve.kernels import cpu_decode
+
+        pod["cpu_attention_kernel"] = cpu_decode.available()
+        cpu_decode.ENABLED = False
+        try:
+            pod_torch_attn = run_podserve(llm, requests)
+        finally:
+            cpu_decode.ENABLED = True
     hf_runs = [run_hf(hf, requests, int(b)) for b in args.hf_batch_sizes.split(",")]
     best = max(hf_runs, key=lambda r: r["output_tok_s"])
     own = sum(len(p) + o for p, o in requests)
@@ -128,6 +138,7 @@ def run_round(args, requests, dtype_name: str) -> dict:
     return {
         "dtype": dtype_name,
         "podserve": pod,
+        "podserve_torch_attention": pod_torch_attn,
         "transformers": hf_runs,
         "transformers_best": best,
         "batched_ratio": pod["output_tok_s"] / best["output_tok_s"],
@@ -152,6 +163,8 @@ def main():
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--kv", choices=["paged", "virtual"], default="paged", help="podserve's KV layout")
     ap.add_argument("--dtypes", default="float32", help="comma-separated; one round per dtype, both systems in it")
+    ap.add_argument("--compare-torch-attention", action="store_true",
+                    help="also run podserve with CPU decodes on the torch path instead of the compiled kernel")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both systems (default: torch's)")
     ap.add_argument("--out", default=None, help="write results JSON here")
@@ -178,6 +191,9 @@ def main():
     for r in result["rounds"]:
         pod = r["podserve"]
         print(f"{r['dtype']:<10}{'podserve (sarathi)':<28}{pod['output_tok_s']:>14.1f}{pod['elapsed_s']:>12.1f}")
+        if r.get("podserve_torch_attention"):
+            t = r["podserve_torch_attention"]
+            print(f"{r['dtype']:<10}{'podserve, torch attention':<28}{t['output_tok_s']:>14.1f}{t['elapsed_s']:>12.1f}")
         for h in r["transformers"]:
             print(f"{r['dtype']:<10}{'transformers bs=' + str(h['batch_size']):<28}{h['output_tok_s']:>14.1f}{h['elapsed_s']:>12.1f}")
         s = r["single_decode_tok_s"]

@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--dtype", default="auto", help="float32, bfloat16, or auto (bf16 on CUDA, float32 on CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch threads")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (each profiles its own kernels)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
@@ -40,8 +42,12 @@ def main() -> None:
     from podserve.request import SamplingParams
 
     cuda = args.device.startswith("cuda")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = Engine(EngineConfig(
-        model=args.model, device=args.device, attention="triton" if cuda else "torch", max_model_len=4096,
+        model=args.model, device=args.device, dtype=args.dtype, attention="triton" if cuda else "torch", max_model_len=4096,
         scheduler=SchedulerConfig(chunk_size=2048, max_num_seqs=args.batch),
         parallel=ParallelConfig(tensor_parallel_size=args.tp),
         cache=CacheConfig(num_blocks=None if cuda else 4096)))

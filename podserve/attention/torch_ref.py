@@ -2,7 +2,9 @@
 
 On CUDA, decodes are attended together (their K/V gathered from the block table into one
 padded tensor, one SDPA call per layer). On CPU, where that gather and the padded,
-masked SDPA cost more than the matmuls of the model itself at large decode batches, each
+masked SDPA cost more than the matmuls of the model itself at large decode batches, all
+decodes go through one call of the compiled kernel (``kernels/cpu_decode.py``: K/V read in
+place through the block table) where it is available and takes the shapes; otherwise each
 decode attends on its own over its K/V read in place (a zero-copy view when its context
 fits one block, as with virtual KV; otherwise a copy of its own blocks only) with two
 small matmuls. Prefill chunks run one by one over the same per-sequence K/V, with a
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from podserve.attention.base import AttentionBackend, AttentionMetadata
+from podserve.kernels import cpu_decode
 
 
 def write_kv_torch(k: torch.Tensor, v: torch.Tensor,  # [n, kv_heads, head_dim]
@@ -59,8 +62,12 @@ class TorchAttentionBackend(AttentionBackend):
         write_kv_torch(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
         if meta.num_decodes:
-            if q.device.type == "cpu":
-                self._decode_each(q[: meta.num_decodes], out, k_cache, v_cache, meta, scale)
+            b = meta.num_decodes
+            if q.device.type == "cpu" and cpu_decode.ENABLED and cpu_decode.supports(q, k_cache) \
+                    and cpu_decode.available():
+                out[:b] = cpu_decode.decode_attention(q[:b], k_cache, v_cache, meta.block_tables, meta.seq_lens[:b], scale)
+            elif q.device.type == "cpu":
+                self._decode_each(q[:b], out, k_cache, v_cache, meta, scale)
             else:
                 out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], k_cache, v_cache, meta, scale)
         for i, start, q_len, seq_len in self._shared["prefills"]:

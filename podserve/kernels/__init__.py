@@ -4,13 +4,20 @@
 (flash-decoding), ``pod_attention`` (both in one launch, POD-Attention) and
 ``write_kv`` (new K/V into the cache); torch references in ``reference``. The layer's
 fused elementwise kernels (``rms_norm``, ``rotary_embedding``, ``silu_and_mul``) are in
-``elementwise`` with their references beside them.
+``elementwise`` with their references beside them. ``cpu_decode`` is the compiled CPU
+decode attention (C++, built on first use) that the torch backend uses on CPUs.
 """
-from .decode import decode_attention
-from .elementwise import rms_norm, rotary_embedding, silu_and_mul
-from .kv_write import write_kv
-from .pod import pod_attention
-from .prefill import prefill_attention
+import importlib
 
-__all__ = ["decode_attention", "pod_attention", "prefill_attention", "rms_norm", "rotary_embedding", "silu_and_mul",
-           "write_kv"]
+_EXPORTS = {"decode_attention": "decode", "rms_norm": "elementwise", "rotary_embedding": "elementwise",
+            "silu_and_mul": "elementwise", "write_kv": "kv_write", "pod_attention": "pod",
+            "prefill_attention": "prefill"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: the Triton kernels import triton, which a CPU-only install may lack, while
+    # ``cpu_decode`` (the compiled CPU decode attention) needs only torch.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
