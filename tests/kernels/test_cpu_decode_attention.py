@@ -45,9 +45,12 @@ def test_matches_the_torch_reference(dtype, num_heads, num_kv_heads, head_dim, b
 
 def test_sharp_softmax_and_large_scores_stay_exact():
     k, v, table, lens = _paged([200, 37], 2, 64, 16, torch.float32)
-    q = torch.randn(2, 4, 64) * 40  # scores in the hundreds: the softmax is nearly one-hot
+    q = torch.randn(2, 4, 64) * 40  # scores ~ +-40: the softmax is nearly one-hot
     got = cpu_decode.decode_attention(q, k, v, table, lens, 0.125)
-    torch.testing.assert_close(got, cpu_decode.decode_attention_ref(q, k, v, table, lens, 0.125), rtol=1e-5, atol=1e-5)
+    # A float32 score of magnitude 40 carries ~1e-5 of rounding whichever order it is summed
+    # in (the kernel folds the scale into q first), and an error d in a score moves the
+    # output by ~d * |v|: the tolerance says so. No overflow, no NaN, the same winner.
+    torch.testing.assert_close(got, cpu_decode.decode_attention_ref(q, k, v, table, lens, 0.125), rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_inputs_are_refused():
