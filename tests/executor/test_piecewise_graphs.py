@@ -27,7 +27,10 @@ def test_piecewise_step_equals_eager_step(tmp_path, attention):
         pytest.importorskip("triton")
     write_tiny_llama(tmp_path, seed=random.randrange(1 << 30), num_hidden_layers=2, head_dim=64,
                      num_attention_heads=4, num_key_value_heads=2, hidden_size=256)
-    llm = LLM(str(tmp_path), attention=attention, dtype="float32", chunk_size=48, max_num_seqs=4, enforce_eager=True)
+    # Triton kernels run in the interpreter on CPU machines, on the GPU where there is one.
+    device = "cuda" if attention == "triton" and torch.cuda.is_available() else "cpu"
+    llm = LLM(str(tmp_path), attention=attention, dtype="float32", chunk_size=48, max_num_seqs=4, enforce_eager=True,
+              device=device)
     runner = llm.engine.runner
     pieces = HybridGraphs(runner, [16, 32, 48])  # never captured: the pieces run eagerly
     checked = []
