@@ -41,12 +41,30 @@ def _time_us(fn, calls: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _graph_time_us(calls, device, args) -> float:
+    """``calls`` (``args.calls`` collectives) captured into one CUDA graph on every rank, then
+    the median replay time per call."""
+    import torch
+    import torch.distributed as dist
+
+    from podserve.executor.cuda_graphs import warm_up_before_capture
+
+    warm_up_before_capture(device, calls)
+    dist.barrier()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        calls()
+    graph.replay()
+    torch.cuda.synchronize()
+    dist.barrier()
+    return _time_us(graph.replay, args.calls, args.repeats)
+
+
 def worker(rank: int, world: int, port: int, args, queue) -> None:
     import torch
     import torch.distributed as dist
 
     from podserve.distributed.allreduce import TPAllReduce
-    from podserve.executor.cuda_graphs import warm_up_before_capture
 
     torch.cuda.set_device(rank)
     device = torch.device("cuda", rank)
@@ -81,15 +99,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             dist.barrier()
             row[f"{name}_eager_us"] = _time_us(eager, args.calls, args.repeats)
             try:
-                graph = torch.cuda.CUDAGraph()
-                warm_up_before_capture(device, eager)
-                dist.barrier()
-                with torch.cuda.graph(graph):
-                    eager()
-                graph.replay()
-                torch.cuda.synchronize()
-                dist.barrier()
-                row[f"{name}_graph_us"] = _time_us(graph.replay, args.calls, args.repeats)
+                row[f"{name}_graph_us"] = _graph_time_us(eager, device, args)
                 if name == "one_shot":  # a captured call still sums correctly
                     check = x.clone()
                     g2 = torch.cuda.CUDAGraph()
@@ -116,7 +126,6 @@ def _time_reductions(row: dict, x, ref, one_shot, group, args) -> None:
     import torch
     import torch.distributed as dist
 
-    from podserve.executor.cuda_graphs import warm_up_before_capture
     from podserve.kernels.add_norm import add_rms_norm, add_rms_norm_ref
 
     device = x.device
@@ -149,15 +158,7 @@ def _time_reductions(row: dict, x, ref, one_shot, group, args) -> None:
                 fn(partials[i % 2], residual, i % 2)
 
         try:
-            warm_up_before_capture(device, calls)
-            dist.barrier()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                calls()
-            graph.replay()
-            torch.cuda.synchronize()
-            dist.barrier()
-            row[f"{name}_graph_us"] = _time_us(graph.replay, args.calls, args.repeats)
+            row[f"{name}_graph_us"] = _graph_time_us(calls, device, args)
         except Exception as e:  # noqa: BLE001 -- recorded, not fatal
             row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
         dist.barrier()

@@ -6,21 +6,28 @@ from podserve import LLM
 from tests.distributed.parallel_helpers import ENGINE, GREEDY, PROMPTS, assert_gone, generate_tokens
 
 
+
+def _step_all(engine) -> tuple[list[list[int]], int]:
+    """Greedy tokens of PROMPTS stepped through ``engine`` (in prompt order), and the most
+    micro-batches it had in flight after a step."""
+    for prompt in PROMPTS:
+        engine.add_request(prompt, GREEDY)
+    most_in_flight, tokens = 0, {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                tokens[int(out.request_id)] = out.outputs[0].token_ids
+        # step() refills the pipeline before it returns (the next micro-batch goes out
+        # before the collected one's outputs are built)
+        most_in_flight = max(most_in_flight, engine.runner.num_in_flight)
+    return [tokens[i] for i in range(len(PROMPTS))], most_in_flight
+
 def test_pp2_pipelines_micro_batches_and_matches_pp1(tiny_llama_dir, reference_tokens):
     with LLM(tiny_llama_dir, pipeline_parallel_size=2, **ENGINE) as llm:
         engine = llm.engine
         pids = engine.runner.pids
-        for prompt in PROMPTS:
-            engine.add_request(prompt, GREEDY)
-        most_in_flight, tokens = 0, {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    tokens[int(out.request_id)] = out.outputs[0].token_ids
-            # step() refills the pipeline before it returns (the next micro-batch goes out
-            # before the collected one's outputs are built)
-            most_in_flight = max(most_in_flight, engine.runner.num_in_flight)
-        assert [tokens[i] for i in range(len(PROMPTS))] == reference_tokens
+        tokens, most_in_flight = _step_all(engine)
+        assert tokens == reference_tokens
         assert most_in_flight == 2
         stats = engine.pipeline_stats.summary()
         assert stats["num_stages"] == 2 and all(b > 0 for b in stats["stage_busy_s"])
@@ -35,15 +42,8 @@ def test_pp2_with_three_micro_batches_in_flight_matches_pp1(tiny_llama_dir, refe
     # workers take three in flight (sends and receives in order) and the tokens are unchanged.
     with LLM(tiny_llama_dir, pipeline_parallel_size=2, pipeline_microbatches=3, **ENGINE) as llm:
         engine = llm.engine
-        for prompt in PROMPTS:
-            engine.add_request(prompt, GREEDY)
-        most_in_flight, tokens = 0, {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    tokens[int(out.request_id)] = out.outputs[0].token_ids
-            most_in_flight = max(most_in_flight, engine.runner.num_in_flight)
-        assert [tokens[i] for i in range(len(PROMPTS))] == reference_tokens
+        tokens, most_in_flight = _step_all(engine)
+        assert tokens == reference_tokens
         assert most_in_flight == 3
         assert engine.pipeline_stats.summary()["num_stages"] == 2
         assert generate_tokens(llm) == reference_tokens  # again, through generate()
