@@ -253,6 +253,8 @@ def part_bubbles(args, record) -> None:
         max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
         length_scale=args.length_scale, seed=0))
     for spec in args.pipeline_microbatches.split(","):
+        from podserve.config import microbatches_of
+
         microbatches = microbatches_of(spec, args.pp)
         for scheduler in args.schedulers.split(","):
             label = f"bubbles pp{args.pp}" + ("" if microbatches is None else f" mb{microbatches}") + f" {scheduler}"
@@ -263,16 +265,6 @@ def part_bubbles(args, record) -> None:
                 r = {"part": "bubbles", "tp": 1, "pp": args.pp, "scheduler": scheduler,
                      "pipeline_microbatches": microbatches, "error": _error(e)}
             record(label, r)
-
-
-def microbatches_of(spec: str, pp: int) -> int | None:
-    """``default`` -> None (the engine's default), ``pp+K`` -> pp + K, else an integer."""
-    spec = spec.strip().replace(" ", "")
-    if spec == "default":
-        return None
-    if spec.startswith("pp"):
-        return pp + int(spec[2:] or 0)
-    return int(spec)
 
 
 def _error(e: Exception) -> str:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from podserve.bench.workloads import WorkloadConfig, generate
-    from podserve.config import SchedulerConfig, pipeline_depth
+    from podserve.config import SchedulerConfig, microbatches_of, pipeline_depth
     from podserve.sim.cache import fitted_profile
     from podserve.sim.cost_model import CostModel
     from podserve.sim.deployment import model_shape, resolve_profile
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     cost_cls = CostModel if host_gap is None else FixedHostGap
     blocks = num_kv_blocks(config, fitted.meta, pp=args.pp)
-    depths = [_depth(m, args.pp, pipeline_depth) for m in args.microbatches.split(",")]
+    depths = [pipeline_depth(args.pp, microbatches_of(m, args.pp)) for m in args.microbatches.split(",")]
     rows = []
     for rate in args.rates.split(","):
         static = rate == "static"
@@ -99,16 +99,6 @@ def main(argv=None) -> int:
     if ratios:
         print("vllm/sarathi bubble ratio (rate/micro-batches): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return 0
-
-
-def _depth(spec: str, pp: int, pipeline_depth) -> int:
-    """``pp``, ``pp+K``, an integer, or ``default`` (the engine's) -> micro-batches in flight."""
-    spec = spec.strip().replace(" ", "")
-    if spec == "default":
-        return pipeline_depth(pp)
-    if spec.startswith("pp"):
-        return pp + int(spec[2:] or 0)
-    return int(spec)
 
 
 if __name__ == "__main__":

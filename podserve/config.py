@@ -207,6 +207,18 @@ def pipeline_depth(pp: int, microbatches: int | None = None) -> int:
     return microbatches if microbatches is not None else pp
 
 
+def microbatches_of(spec: str, pp: int) -> int | None:
+    """A ``--pipeline-microbatches`` list item: ``default`` -> None (``pipeline_depth``'s
+    default), ``pp`` or ``pp+K`` -> pp + K, else an integer."""
+    spec = spec.strip().replace(" ", "")
+    if spec == "default":
+        return None
+    try:
+        return pp + int(spec[2:] or 0) if spec.startswith("pp") else int(spec)
+    except ValueError:
+        raise ValueError(f"micro-batches {spec!r} is invalid: expected default, pp, pp+K or an integer") from None
+
+
 def async_scheduling_enabled(config: EngineConfig) -> bool:
     """Whether two steps are kept in flight (``ParallelConfig.async_scheduling``): decided
     once here for the engine and for each tensor-parallel worker."""

@@ -62,6 +62,8 @@ def register(subparsers) -> None:
     g.add_argument("--profiles", default="h100", help="comma-separated profile dirs or derivable devices (default: h100)")
     g.add_argument("--tp", default="1,2,4,8", help="tensor-parallel degrees (default: 1,2,4,8)")
     g.add_argument("--pp", default="1,2,4", help="pipeline-parallel degrees (default: 1,2,4)")
+    g.add_argument("--pipeline-microbatches", default="default",
+                   help="with pp > 1, micro-batches in flight to try: default, pp+K or integers (e.g. default,pp+1)")
     g.add_argument("--replicas", default="1,2", help="replica counts (default: 1,2)")
     g.add_argument("--schedulers", default="sarathi,vllm,orca", help="policies (default: sarathi,vllm,orca)")
     g.add_argument("--chunk-sizes", default="256,512,1024,2048", help="for chunked policies (default: 256,512,1024,2048)")
@@ -225,7 +227,8 @@ def cmd_search(args) -> int:
             fitted_profile(prof)
             device_of[p] = prof.meta.get("device", p)
     points = grid(models, profiles, _ints(args.tp), _ints(args.pp), _ints(args.replicas), _strs(args.schedulers),
-                  _ints(args.chunk_sizes), _ints(args.max_num_seqs), args.with_slo_budget, args.max_gpus)
+                  _ints(args.chunk_sizes), _ints(args.max_num_seqs), args.with_slo_budget, args.max_gpus,
+                  tuple(_strs(args.pipeline_microbatches)))
     slo = LatencySLO(args.ttft_slo, args.tbt_slo)
     wcfg = _workload_config(args, arrival="poisson")
     tasks = group_tasks(points, workload=wcfg, slo=slo, tolerance=args.tolerance, max_probes=args.max_probes,

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 from podserve.bench.capacity import Probe, find_capacity
 from podserve.bench.workloads import WorkloadConfig, WorkloadRequest, generate
-from podserve.config import SchedulerConfig
+from podserve.config import SchedulerConfig, check_pipeline_microbatches, microbatches_of
 from podserve.sim.slo_watch import LatencySLO
 
 CHUNKED = ("sarathi", "simple-chunking")
@@ -46,16 +46,23 @@ class SearchPoint:
 
 
 def grid(models, profiles, tps, pps, replicas, schedulers, chunk_sizes, max_num_seqs, tbt_budget: bool = False,
-         max_gpus: int | None = None) -> list[SearchPoint]:
-    """Every combination; chunk sizes only vary for chunked policies."""
+         max_gpus: int | None = None, microbatches: tuple[str, ...] = ("default",)) -> list[SearchPoint]:
+    """Every combination; chunk sizes only vary for chunked policies, micro-batches in flight
+    (``microbatches``: ``default``, ``pp+K`` or integers, see ``config.microbatches_of``) only
+    with pipeline stages."""
     points = []
     for m, p, tp, pp, r, s, seqs in itertools.product(models, profiles, tps, pps, replicas, schedulers, max_num_seqs):
         if max_gpus is not None and tp * pp * r > max_gpus:
             continue
-        for c in (chunk_sizes if s in CHUNKED else chunk_sizes[-1:]):
-            points.append(SearchPoint(m, p, tp, pp, r, s, c, seqs))
-        if tbt_budget and s == "sarathi":
-            points.append(SearchPoint(m, p, tp, pp, r, s, max(chunk_sizes), seqs, tbt_budget=True))
+        depths = dict.fromkeys(microbatches_of(spec, pp) for spec in microbatches) if pp > 1 else {None: None}
+        for mb in depths:
+            if mb is not None:
+                check_pipeline_microbatches(mb, pp, "--pipeline-microbatches")
+            for c in (chunk_sizes if s in CHUNKED else chunk_sizes[-1:]):
+                points.append(SearchPoint(m, p, tp, pp, r, s, c, seqs, pipeline_microbatches=mb))
+            if tbt_budget and s == "sarathi":
+                points.append(SearchPoint(m, p, tp, pp, r, s, max(chunk_sizes), seqs, tbt_budget=True,
+                                          pipeline_microbatches=mb))
     return points
 
 

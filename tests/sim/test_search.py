@@ -21,6 +21,17 @@ def test_grid_covers_every_combination_once():
     assert all(p.num_gpus <= 8 for p in capped) and any(p.tbt_budget for p in capped)
 
 
+def test_grid_varies_micro_batches_only_with_pipeline_stages():
+    pts = grid(["m"], ["h100"], [1], [1, 2, 4], [1], ["sarathi"], [512], [64], microbatches=("default", "pp+1", "pp"))
+    assert [(p.pp, p.pipeline_microbatches) for p in pts] == [
+        (1, None), (2, None), (2, 3), (2, 2), (4, None), (4, 5), (4, 4)]
+    assert any(" pp2/mb3 " in p.label() for p in pts)
+    with pytest.raises(ValueError, match="pipeline-microbatches"):
+        grid(["m"], ["h100"], [1], [4], [1], ["sarathi"], [512], [64], microbatches=("3",))
+    with pytest.raises(ValueError, match="invalid"):
+        grid(["m"], ["h100"], [1], [2], [1], ["sarathi"], [512], [64], microbatches=("many",))
+
+
 def test_infeasible_deployment_reports_why():
     task = SearchTask(SearchPoint("llama-3-70b", "h100", 1, 1, 1, "sarathi", 512, 128),
                       WorkloadConfig(num_requests=20), LatencySLO(2.0, 0.2))
