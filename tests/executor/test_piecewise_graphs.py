@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from podserve import LLM, SamplingParams
+from podserve.config import EngineConfig, ParallelConfig, SchedulerConfig
 from podserve.executor.piecewise_graphs import HybridGraphs, token_buckets
 from tests.engine.tiny_model import write_tiny_llama
 
@@ -27,10 +28,13 @@ def test_piecewise_step_equals_eager_step(tmp_path, attention):
         pytest.importorskip("triton")
     write_tiny_llama(tmp_path, seed=random.randrange(1 << 30), num_hidden_layers=2, head_dim=64,
                      num_attention_heads=4, num_key_value_heads=2, hidden_size=256)
-    # Triton kernels run in the interpreter on CPU machines, on the GPU where there is one.
+    # Triton kernels run in the interpreter on CPU machines, on the GPU where there is one;
+    # synchronous steps there too, since the check prepares each batch's inputs itself
+    # (asynchronous scheduling would leave placeholders for the tokens still in flight).
     device = "cuda" if attention == "triton" and torch.cuda.is_available() else "cpu"
-    llm = LLM(str(tmp_path), attention=attention, dtype="float32", chunk_size=48, max_num_seqs=4, enforce_eager=True,
-              device=device)
+    llm = LLM.from_config(EngineConfig(
+        model=str(tmp_path), device=device, attention=attention, dtype="float32", enforce_eager=True,
+        scheduler=SchedulerConfig(chunk_size=48, max_num_seqs=4), parallel=ParallelConfig(async_scheduling=False)))
     runner = llm.engine.runner
     pieces = HybridGraphs(runner, [16, 32, 48])  # never captured: the pieces run eagerly
     checked = []
@@ -43,7 +47,10 @@ def test_piecewise_step_equals_eager_step(tmp_path, attention):
             hidden = pieces.run(inputs)
             assert hidden.shape[0] == batch.num_tokens
             piecewise = runner.model.compute_logits(hidden.index_select(0, inputs.sample_idx))
-            torch.testing.assert_close(piecewise, eager, rtol=1e-4, atol=1e-4)
+            # On a GPU, Triton's float32 dot products run in TF32 and the pieces' GEMMs see
+            # padded shapes (other cuBLAS kernels): agreement to TF32's precision there.
+            tol = dict(rtol=1e-2, atol=2e-3) if device == "cuda" else dict(rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(piecewise, eager, **tol)
             checked.append((batch.num_decodes, pieces.bucket(batch.num_tokens) - batch.num_tokens))
         return real(batch)
 
