@@ -63,13 +63,12 @@ class TorchAttentionBackend(AttentionBackend):
         out = torch.empty_like(q)  # [num_tokens, num_heads, head_dim]
         if meta.num_decodes:
             b = meta.num_decodes
-            if q.device.type == "cpu" and cpu_decode.ENABLED and cpu_decode.supports(q, k_cache) \
-                    and cpu_decode.available():
+            if q.device.type != "cpu":
+                out[:b] = self._decode(q[:b], k_cache, v_cache, meta, scale)
+            elif cpu_decode.supports(q, k_cache) and cpu_decode.available():
                 out[:b] = cpu_decode.decode_attention(q[:b], k_cache, v_cache, meta.block_tables, meta.seq_lens[:b], scale)
-            elif q.device.type == "cpu":
-                self._decode_each(q[:b], out, k_cache, v_cache, meta, scale)
             else:
-                out[: meta.num_decodes] = self._decode(q[: meta.num_decodes], k_cache, v_cache, meta, scale)
+                self._decode_each(q[:b], out, k_cache, v_cache, meta, scale)
         for i, start, q_len, seq_len in self._shared["prefills"]:
             out[start : start + q_len] = self._prefill(q[start : start + q_len], i, q_len, seq_len, k_cache, v_cache, meta, scale)
         return out

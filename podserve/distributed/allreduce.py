@@ -33,6 +33,7 @@ the reader passes only after finishing that read.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -65,7 +66,7 @@ class TPAllReduce:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self._device = device
-        if enable_one_shot and device.type == "cuda" and dist.get_world_size(group) > 1:
+        if enable_one_shot and device.type == "cuda" and self.world > 1:
             try:
                 self._setup(device, dtype)
             except Exception as e:  # noqa: BLE001 -- any failure: keep NCCL, say why
@@ -92,7 +93,7 @@ class TPAllReduce:
         # A first call checks the path end to end (every rank makes it: it is collective).
         probe = torch.full((4096,), float(dist.get_rank(self.group) + 1), dtype=dtype, device=device)
         got = self(probe)
-        world = dist.get_world_size(self.group)
+        world = self.world
         expected = world * (world + 1) / 2
         if not torch.all(got == expected):
             raise RuntimeError(f"one-shot sum check failed: got {got[0].item()}, expected {expected}")
@@ -117,18 +118,17 @@ class TPAllReduce:
                        for slot in range(NUM_SLOTS)]
         self.fused = True
         for slot in range(NUM_SLOTS):  # end to end, each slot: a row-parallel output plus a zero residual
-            self.staging(probe.shape, slot).copy_(probe)
-            residual = torch.zeros_like(probe).view(1, -1)
-            self.add_rms_norm(self.staging(probe.shape, slot).view(1, -1), residual, None, 0.0, slot)
+            staged = self.staging((1, probe.numel()), slot)
+            staged.copy_(probe.view(1, -1))
+            residual = torch.zeros_like(staged)
+            self.add_rms_norm(staged, residual, None, 0.0, slot)
             if not torch.all(residual == expected):
                 raise RuntimeError(f"fused sum check failed: got {residual[0, 0].item()}, expected {expected}")
 
     def staging(self, shape: tuple[int, ...], slot: int) -> torch.Tensor | None:
         """Where a row-parallel layer should write its partial output of ``shape`` (this rank's
         buffer ``slot``), or None when the fused path does not take a message that size."""
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if not self.fused or numel * self._slots.element_size() > self.max_bytes:
             return None
         return self._peers[slot][self.rank][:numel].view(shape)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from podserve.distributed.allreduce import TPAllReduce
+from podserve.model.layers import add_rms_norm
 
 
 class RowParallel(nn.Module):
@@ -156,7 +157,7 @@ class PipelineSend(nn.Module):
         if self.all_reduce is not None:
             x = self.all_reduce.add_rms_norm(x, residual, None, 0.0, slot=1)
         else:
-            x = residual.add_(x)
+            x = add_rms_norm(x, residual, None, 0.0)
         x = self._send(x)
         return x, x
 
@@ -188,7 +189,7 @@ def parallelize(model: nn.Module, ctx, vocab_size: int, one_shot_all_reduce: boo
     all_reduce = None
     if tp > 1:
         all_reduce = TPAllReduce(group, model.norm.weight.device, dtype, enable_one_shot=one_shot_all_reduce)
-        for i, layer in enumerate(model.layers):
+        for layer in model.layers:
             layer.self_attn.o_proj = RowParallel(layer.self_attn.o_proj, all_reduce, slot=0)
             layer.mlp.down_proj = RowParallel(layer.mlp.down_proj, all_reduce, slot=1)
             layer.post_attention_layernorm = ReducingNorm(layer.post_attention_layernorm, all_reduce, slot=0)

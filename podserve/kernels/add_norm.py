@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from podserve.kernels.elementwise import rms_norm_ref
+
 MAX_PARTS = 8
 """Most partial outputs one call sums (a tensor-parallel group of up to 8 ranks)."""
 
@@ -96,7 +98,4 @@ def add_rms_norm_ref(parts: list[torch.Tensor], residual: torch.Tensor, weight: 
     for p in parts[1:]:
         total = total + p.float()
     residual.copy_(residual + total.to(residual.dtype))
-    if weight is None:
-        return residual
-    x32 = residual.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(residual.dtype)
+    return residual if weight is None else rms_norm_ref(residual, weight, eps)

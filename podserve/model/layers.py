@@ -37,14 +37,18 @@ class RMSNorm(nn.Module):
         sublayer before this norm)."""
         if residual is not None:
             return add_rms_norm(x, residual, self.weight, self.eps), residual
-        if _fused(x) and x.dim() == 2 and x.dtype == self.weight.dtype:
-            from podserve.kernels.elementwise import rms_norm
+        return rms_norm(x, self.weight, self.eps)
 
-            return rms_norm(x, self.weight, self.eps)
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # [num_tokens, hidden]
+    """``weight * (x * rsqrt(mean(x^2) + eps))``, statistics in float32: the Triton kernel on
+    CUDA (``kernels/elementwise.py``), torch ops elsewhere, rounding alike."""
+    if _fused(x) and x.dim() == 2 and x.dtype == weight.dtype:
+        from podserve.kernels.elementwise import rms_norm as fused
+
+        return fused(x, weight, eps)
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def add_rms_norm(x: torch.Tensor,  # [num_tokens, hidden]: a sublayer's output
@@ -53,21 +57,13 @@ def add_rms_norm(x: torch.Tensor,  # [num_tokens, hidden]: a sublayer's output
                  eps: float) -> torch.Tensor:
     """``residual += x``, then ``weight * rms_norm(residual)`` (or ``residual`` without a
     weight): one Triton kernel on CUDA (``kernels/add_norm.py``), the same rounding in torch."""
-    if _fused(x) and x.dim() == 2 and x.dtype == residual.dtype and residual.stride(1) == 1 \
+    if FUSED_ADD_NORM and _fused(x) and x.dim() == 2 and x.dtype == residual.dtype and residual.stride(1) == 1 \
             and (weight is None or weight.dtype == x.dtype):
         from podserve.kernels.add_norm import add_rms_norm as fused
 
-        if FUSED_ADD_NORM:
-            return fused([x.contiguous()], residual, weight, eps)
+        return fused([x.contiguous()], residual, weight, eps)
     residual.add_(x)
-    if weight is None:
-        return residual
-    if _fused(residual) and residual.dtype == weight.dtype:
-        from podserve.kernels.elementwise import rms_norm
-
-        return rms_norm(residual, weight, eps)
-    x32 = residual.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(residual.dtype)
+    return residual if weight is None else rms_norm(residual, weight, eps)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
