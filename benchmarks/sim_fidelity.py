@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-dir", default=None)
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: time profile and engine in their thread's CPU time, idle skipped (a dedicated core's view)")
+    ap.add_argument("--engine-runs", type=int, default=1,
+                    help="run the engine this many times and compare the median of each number")
     args = ap.parse_args(argv)
 
     from podserve.bench.workloads import WorkloadConfig, generate
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     report = run_fidelity(args.model, workload, scheduler=SchedulerConfig(policy=args.scheduler, chunk_size=args.chunk_size,
                                                                           max_num_seqs=32), profile_dir=args.profile_dir,
-                          clock=args.clock)
+                          clock=args.clock, engine_runs=args.engine_runs)
     print(f"date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, device: cpu "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 torch thread), "
           f"load average {os.getloadavg()[0]:.1f}, clock {args.clock}, total {time.perf_counter() - t0:.0f}s wall, "

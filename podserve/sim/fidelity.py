@@ -75,14 +75,26 @@ def run_sim(fitted, engine, workload: list[WorkloadRequest]):
     return sim.run(workload)
 
 
+def median_summary(summaries: list[dict]) -> dict:
+    """Per compared number (``METRICS`` x ``PERCENTILES``, throughput), the median over
+    several runs of one workload; the rest from the first run."""
+    out = {**summaries[0]}
+    for m in METRICS:
+        out[m] = {**summaries[0][m], **{p: float(np.median([s[m][p] for s in summaries])) for p in PERCENTILES}}
+    out["throughput_requests_per_s"] = float(np.median([s["throughput_requests_per_s"] for s in summaries]))
+    return out
+
+
 def run_fidelity(model: str | None, workload: list[WorkloadRequest], *, scheduler=None, grid=None,
                  max_model_len: int = 2048, threads: int | None = 1, profile_dir=None, progress=print,
-                 clock: str = "wall") -> FidelityReport:
+                 clock: str = "wall", engine_runs: int = 1) -> FidelityReport:
     """Profile ``model`` on this CPU, run ``workload`` through the engine and the simulator,
     and compare. Uses ``threads`` torch threads for both (the profile is only valid for the
     thread count it was measured with). ``clock="cpu"`` times profile and engine alike in
     the CPU time of their one thread, idle gaps skipped: on a shared machine, what a
-    dedicated core would show (``podserve.bench.clock``). ``variants`` holds the same
+    dedicated core would show (``podserve.bench.clock``). ``engine_runs`` > 1 runs the
+    engine that many times and compares the median of each number (on a shared machine
+    one run can land in another job's burst). ``variants`` holds the same
     engine run against the simulator without the whole-forward calibration."""
     from dataclasses import replace
 
@@ -98,9 +110,14 @@ def run_fidelity(model: str | None, workload: list[WorkloadRequest], *, schedule
     fitted = fit_profile(profile)
     del profiler  # free its engine before building the measured one
     sched = replace(scheduler or SchedulerConfig(), max_model_len=max_model_len)
-    engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched, cache=CacheConfig()),
-                             workload, clock=clock)
-    measured = run.collector.summary()
+    if engine_runs < 1:
+        raise ValueError(f"engine_runs must be at least 1, got {engine_runs}")
+    summaries = []
+    for _ in range(engine_runs):
+        engine, run = run_engine(EngineConfig(model=model, max_model_len=max_model_len, scheduler=sched,
+                                              cache=CacheConfig()), workload, clock=clock)
+        summaries.append(run.collector.summary())
+    measured = median_summary(summaries)
     report = compare(measured, run_sim(fitted, engine, workload).collector.summary())
     if fitted.forward is not None:
         ops_only = replace(fitted, forward=None)

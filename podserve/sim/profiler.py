@@ -44,7 +44,9 @@ class ProfileGrid:
     """Per point and pass: repeat until this much time was spent."""
     passes: int = 3
     """Sweeps over the whole grid; each point keeps the median over sweeps. On a shared
-    machine, other processes' bursts last seconds: separate sweeps see different bursts."""
+    machine, other processes' bursts last seconds: separate sweeps see different bursts.
+    On CPU the engine phase runs this many times too, each step keeping its median; on
+    CUDA it runs once (device time does not share the host's noise)."""
 
     decode_batches: tuple[int, ...] = ()
     """Engine phase, decode-heavy part (CUDA): this many requests at a time with prompts over
@@ -291,34 +293,40 @@ class Profiler:
         batches: list[ScheduledBatch] = []
         listener = lambda batch, start, end: batches.append(batch)  # noqa: E731
         model.forward, model.compute_logits = timed(orig_forward), timed(orig_logits)
-        rows, forwards = [], []
+        passes: list[tuple[list[dict], list[dict]]] = []
         engine.iteration_listeners.append(listener)
-        rng = np.random.default_rng(0)
         lo, hi = self.grid.engine_prompt_tokens
         try:
-            for b in self.grid.overhead_batches:
-                # Prompt lengths spread over [lo, hi]: chunks of several sizes, then decodes
-                # over a range of contexts as the batch drains.
-                for i, n in enumerate(_spread(lo, hi, b)):
-                    ids = rng.integers(0, self.config.vocab_size, n).tolist()
-                    engine.add_request(ids, SamplingParams(max_tokens=self.grid.engine_output_tokens, temperature=0.0,
-                                                           ignore_eos=True), request_id=f"overhead-{b}-{i}")
-                while engine.has_unfinished_requests():
-                    spent[0] = 0.0
-                    before = len(batches)
-                    t0 = clock()
-                    engine.step()
-                    dt = clock() - t0
-                    if len(batches) == before:
-                        continue
-                    batch = batches[-1]
-                    rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
-                                 "num_prefills": batch.num_prefills, "time_s": max(dt - spent[0], 1e-7)})
-                    forwards.append({**batch_shape(batch), "time_s": spent[0]})
+            for p in range(self.grid.passes):
+                # Fresh token ids per pass (no prefix-cache hits); the same lengths, so every
+                # pass schedules the same batches.
+                rng = np.random.default_rng(p)
+                rows, forwards = [], []
+                for b in self.grid.overhead_batches:
+                    # Prompt lengths spread over [lo, hi]: chunks of several sizes, then decodes
+                    # over a range of contexts as the batch drains.
+                    for i, n in enumerate(_spread(lo, hi, b)):
+                        ids = rng.integers(0, self.config.vocab_size, n).tolist()
+                        engine.add_request(ids, SamplingParams(max_tokens=self.grid.engine_output_tokens,
+                                                               temperature=0.0, ignore_eos=True),
+                                           request_id=f"overhead-{p}-{b}-{i}")
+                    while engine.has_unfinished_requests():
+                        spent[0] = 0.0
+                        before = len(batches)
+                        t0 = clock()
+                        engine.step()
+                        dt = clock() - t0
+                        if len(batches) == before:
+                            continue
+                        batch = batches[-1]
+                        rows.append({"num_seqs": batch.num_seqs, "num_tokens": batch.num_tokens,
+                                     "num_prefills": batch.num_prefills, "time_s": max(dt - spent[0], 1e-7)})
+                        forwards.append({**batch_shape(batch), "time_s": spent[0]})
+                passes.append((rows, forwards))
         finally:
             model.forward, model.compute_logits = orig_forward, orig_logits
             engine.iteration_listeners.remove(listener)
-        return rows, forwards
+        return _median_over_passes([r for r, _ in passes]), _median_over_passes([f for _, f in passes])
 
     def _engine_iterations_served(self) -> tuple[list[dict], list[dict]]:
         """CUDA: the engine phase driven by ``podserve bench``'s own loop (``run_workload``),
@@ -405,6 +413,16 @@ def batch_shape(batch: ScheduledBatch) -> dict:
     return {"num_decodes": nd, "decode_sum_kv": sum(starts) + nd, "decode_max_kv": max(starts) + 1 if nd else 0,
             "prefill_chunks": ";".join(f"{s.num_tokens}:{s.start_pos}" for s in prefills),
             "num_sampled": nd + sum(s.do_sample for s in prefills)}
+
+
+def _median_over_passes(passes: list[list[dict]]) -> list[dict]:
+    """Engine-phase steps: when every pass ran the same batches, each step's time is its
+    median over passes (a burst from another process then skews one pass, not the fit);
+    otherwise (a preemption in one pass, say) all passes' steps, as measured."""
+    shapes = [[{k: v for k, v in row.items() if k != "time_s"} for row in rows] for rows in passes]
+    if all(s == shapes[0] for s in shapes):
+        return _median_over_sweeps(passes)
+    return [row for rows in passes for row in rows]
 
 
 def _median_over_sweeps(sweeps: list[list[dict]]) -> list[dict]:
