@@ -27,24 +27,32 @@ def test_cuda_greedy_matches_cpu(tmp_path, chunk_size, max_num_seqs):
 
 
 def test_cuda_bf16_logits_close_to_float32(tmp_path):
+    """bf16 logits of a tiny random Llama within bf16's reach of float32's, over ten seeded
+    prompts. On an H100 (2026-12-07, 40 prompts) max|diff| / max|logit| had median 2.2e-2,
+    P90 3.4e-2, max 4.6e-2 -- with the fused norm/add kernels and without them alike, so
+    one unseeded prompt against 3e-2 (the old check) failed one run in five."""
     from podserve.core.batch import ScheduledBatch, ScheduledSeq
 
     write_tiny_llama(tmp_path, seed=12)
     ref = LLM(str(tmp_path), device="cuda", dtype="float32", block_size=16, kv_cache_memory=256 << 20)
     bf = LLM(str(tmp_path), device="cuda", dtype="bfloat16", block_size=16, kv_cache_memory=256 << 20)
-    ids = [random.randrange(2, 258) for _ in range(40)]
-    logits = []
-    for llm in (ref, bf):
-        runner = llm.engine.runner
-        seq = ScheduledSeq("r", ids, 0, True, True, [0, 1, 2], SamplingParams(), 0)
-        batch = ScheduledBatch(iteration=0, seqs=[seq], num_decodes=0)
-        tokens, positions, meta, sample_idx = runner.prepare(batch)
-        with torch.inference_mode():
-            runner.backend.prepare(meta)
-            hidden = runner.model(tokens, positions, runner.kv_pool.caches, meta, runner.backend)
-            logits.append(runner.model.compute_logits(hidden[sample_idx]).float())
-    err = (logits[0] - logits[1]).abs().max() / logits[0].abs().max()
-    assert err < 3e-2, err
+    errors = []
+    for s in range(10):
+        rng = random.Random(s)
+        ids = [rng.randrange(2, 258) for _ in range(rng.choice([5, 40, 100]))]
+        logits = []
+        for llm in (ref, bf):
+            runner = llm.engine.runner
+            seq = ScheduledSeq("r", ids, 0, True, True, list(range(8)), SamplingParams(), 0)
+            batch = ScheduledBatch(iteration=0, seqs=[seq], num_decodes=0)
+            tokens, positions, meta, sample_idx = runner.prepare(batch)
+            with torch.inference_mode():
+                runner.backend.prepare(meta)
+                hidden = runner.model(tokens, positions, runner.kv_pool.caches, meta, runner.backend)
+                logits.append(runner.model.compute_logits(hidden[sample_idx]).float())
+        errors.append(((logits[0] - logits[1]).abs().max() / logits[0].abs().max()).item())
+    errors.sort()
+    assert errors[len(errors) // 2] < 3.5e-2 and errors[-1] < 6e-2, errors
 
 
 @pytest.mark.parametrize("kv_layout", ["paged", "virtual"])
