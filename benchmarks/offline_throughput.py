@@ -131,6 +131,23 @@ def run_round(args, requests, dtype_name: str) -> dict:
             pod_torch_attn = run_podserve(llm, requests)
         finally:
             cpu_decode.ENABLED = True
+    unpacked = None
+    if args.compare_unpacked:  # the same engine with the stock (unpacked) CPU linear layers
+        from podserve.kernels import cpu_linear
+
+        pod["packed_linears"] = llm.engine.runner.packed_linears
+        del llm
+        cpu_linear.ENABLED = False
+        try:
+            llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs, dtype=dtype_name, kv_layout=args.kv)
+            run_podserve(llm, requests[:2])
+            t = time.perf_counter()
+            llm.generate([single_prompt], SamplingParams(max_tokens=args.single_tokens, temperature=0, ignore_eos=True),
+                         use_tqdm=False)
+            single = args.single_tokens / (time.perf_counter() - t)
+            unpacked = {**run_podserve(llm, requests), "single_decode_tok_s": single}
+        finally:
+            cpu_linear.ENABLED = True
     hf_runs = [run_hf(hf, requests, int(b)) for b in args.hf_batch_sizes.split(",")]
     best = max(hf_runs, key=lambda r: r["output_tok_s"])
     own = sum(len(p) + o for p, o in requests)
@@ -139,6 +156,7 @@ def run_round(args, requests, dtype_name: str) -> dict:
         "dtype": dtype_name,
         "podserve": pod,
         "podserve_torch_attention": pod_torch_attn,
+        "podserve_unpacked_linear": unpacked,
         "transformers": hf_runs,
         "transformers_best": best,
         "batched_ratio": pod["output_tok_s"] / best["output_tok_s"],
@@ -165,6 +183,8 @@ def main():
     ap.add_argument("--dtypes", default="float32", help="comma-separated; one round per dtype, both systems in it")
     ap.add_argument("--compare-torch-attention", action="store_true",
                     help="also run podserve with CPU decodes on the torch path instead of the compiled kernel")
+    ap.add_argument("--compare-unpacked", action="store_true",
+                    help="also run podserve with the stock CPU linear layers instead of oneDNN-packed weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both systems (default: torch's)")
     ap.add_argument("--out", default=None, help="write results JSON here")
@@ -194,6 +214,10 @@ def main():
         if r.get("podserve_torch_attention"):
             t = r["podserve_torch_attention"]
             print(f"{r['dtype']:<10}{'podserve, torch attention':<28}{t['output_tok_s']:>14.1f}{t['elapsed_s']:>12.1f}")
+        if r.get("podserve_unpacked_linear"):
+            u = r["podserve_unpacked_linear"]
+            print(f"{r['dtype']:<10}{'podserve, unpacked linear':<28}{u['output_tok_s']:>14.1f}{u['elapsed_s']:>12.1f}"
+                  f"  (single decode {u['single_decode_tok_s']:.1f} tok/s)")
         for h in r["transformers"]:
             print(f"{r['dtype']:<10}{'transformers bs=' + str(h['batch_size']):<28}{h['output_tok_s']:>14.1f}{h['elapsed_s']:>12.1f}")
         s = r["single_decode_tok_s"]

@@ -28,6 +28,7 @@ from podserve.core.batch import PENDING_TOKEN, ExecutorOutput, IterationTiming, 
 from podserve.executor.inputs import InputBuffers, ModelInputs
 from podserve.executor.profiler import StepProfiler
 from podserve.executor.sampler import Sampler
+from podserve.kernels import cpu_linear
 from podserve.memory.paged_pool import PagedKVPool
 from podserve.memory.virtual_pool import VirtualKVPool
 from podserve.model.config import LlamaConfig
@@ -95,6 +96,8 @@ class ModelRunner:
             model.load_weights(weights())
         if model_hook is not None:
             model_hook(model)
+        self.packed_linears = cpu_linear.pack_linears(model) if self.device.type == "cpu" else 0
+        """CPU: linear layers whose weights were packed for oneDNN at load (kernels/cpu_linear.py)."""
         self.model = model.eval()
         self._sharded = model_hook is not None
         """A tensor/pipeline-parallel rank: its forward runs collectives with the other ranks,
