@@ -49,11 +49,32 @@ def pack(weight: torch.Tensor) -> torch.Tensor:  # [out, in] -> opaque oneDNN te
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
+def row_bucket(rows: int) -> int:
+    """The row count a call of ``rows`` rows runs at: powers of two up to 16, multiples of
+    16 up to 256, then multiples of 64 (at most 48 sizes up to 2048 rows)."""
+    if rows <= 16:
+        return 1 << max(rows - 1, 0).bit_length()
+    step = 16 if rows <= 256 else 64
+    return -(-rows // step) * step
+
+
 def linear(x: torch.Tensor,  # [..., in]
            packed: torch.Tensor,  # pack(weight)
            bias: torch.Tensor | None) -> torch.Tensor:  # [..., out]
-    """``F.linear(x, weight, bias)`` over a packed weight."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    """``F.linear(x, weight, bias)`` over a packed weight.
+
+    oneDNN JIT-compiles and caches a kernel per input shape (about 640 KB each here, up to
+    1024 of them), so serving's ever-changing token counts would grow the process by
+    hundreds of MB and recompile (0.5-3 ms) whenever the cache overflows. Rows are padded
+    with zeros to ``row_bucket(rows)`` instead: a bounded set of shapes for a few percent
+    of padded rows."""
+    lead, rows = x.shape[:-1], x[..., 0].numel()
+    x2 = x.reshape(rows, x.shape[-1])
+    padded = row_bucket(rows)
+    if padded != rows:
+        x2 = F.pad(x2, (0, 0, 0, padded - rows))
+    out = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, "none", [], "")
+    return out[:rows].view(*lead, out.shape[-1])
 
 
 class PackedLinear(nn.Module):

@@ -68,3 +68,12 @@ def test_disabled_packs_nothing(monkeypatch):
     model = nn.Sequential(nn.Linear(8, 8))
     assert not cpu_linear.available() and cpu_linear.pack_linears(model) == 0
     assert type(model[0]) is nn.Linear
+
+
+def test_row_buckets_bound_the_shapes_and_the_padding():
+    buckets = {cpu_linear.row_bucket(n) for n in range(1, 2049)}
+    assert len(buckets) <= 48  # oneDNN compiles a kernel per shape: a bounded set of them
+    for n in range(1, 2049):
+        b = cpu_linear.row_bucket(n)
+        assert n <= b <= max(2 * n, n + 63) and cpu_linear.row_bucket(b) == b
+    assert [cpu_linear.row_bucket(n) for n in (1, 3, 16, 17, 256, 257)] == [1, 4, 16, 32, 256, 320]

@@ -87,5 +87,6 @@ def test_64_streaming_clients_with_disconnects(server):
         assert len(completed) <= _successes(text) - before < NUM_CLIENTS
         # the server and its engine process (the default), together
         rss.append(sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]))
+        print(f"round {round_index}: RSS {rss[-1] >> 20} MiB")
     assert rss[1] - rss[0] < RSS_TOLERANCE_BYTES, f"RSS grew from {rss[0] >> 20} MiB to {rss[1] >> 20} MiB"
     assert server.proc.poll() is None
