@@ -7,6 +7,9 @@ token and 71 ms for 64 in float32, against 8.7 and 36 ms with the weight packed 
 oneDNN's blocked layout; in bf16 the one-token head drops from 7.6 to 3.8 ms and the MLP's
 576 -> 3072 from 0.15 to 0.07 ms (``benchmarks/cpu_linear.py``). The packed weight replaces
 the plain one (same bytes), except a tied LM head, whose embedding keeps the plain copy.
+oneDNN's compiled kernels take memory too (one per input shape, hence ``row_bucket``): the
+SmolLM2 server's RSS was ~200 MB above the stock layers' in the 64-client load test
+(2407 vs 2200 MiB), the tied head's float32 copy (113 MB) included.
 
 Float32 results differ from ``F.linear`` by accumulation order only (about 1e-4 absolute at
 unit-variance inputs and K = 576, like any two GEMM libraries); bf16 outputs are rounded
