@@ -95,15 +95,29 @@ def padded_tokens(requests, batch_size: int) -> int:
     return total
 
 
+def make_llm(args, dtype_name: str):
+    from podserve import LLM
+
+    return LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs, dtype=dtype_name, kv_layout=args.kv)
+
+
+def single_decode(llm, prompt: list[int], tokens: int) -> float:
+    """Output tokens/s of one request generating ``tokens`` tokens alone."""
+    from podserve import SamplingParams
+
+    t = time.perf_counter()
+    llm.generate([prompt], SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True), use_tqdm=False)
+    return tokens / (time.perf_counter() - t)
+
+
 def run_round(args, requests, dtype_name: str) -> dict:
     """podserve and transformers, both in ``dtype_name``: single decode, then batched."""
     import transformers
 
-    from podserve import LLM, SamplingParams
     from podserve.model.default_model import default_gguf_path
 
     dtype = getattr(torch, dtype_name)
-    llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs, dtype=dtype_name, kv_layout=args.kv)
+    llm = make_llm(args, dtype_name)
     path = default_gguf_path()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -115,9 +129,7 @@ def run_round(args, requests, dtype_name: str) -> dict:
     run_hf(hf, requests[:2], 2)
 
     single_prompt = requests[0][0][:128]
-    t = time.perf_counter()
-    llm.generate([single_prompt], SamplingParams(max_tokens=args.single_tokens, temperature=0, ignore_eos=True), use_tqdm=False)
-    pod_single = args.single_tokens / (time.perf_counter() - t)
+    pod_single = single_decode(llm, single_prompt, args.single_tokens)
     hf_single = run_hf(hf, [(single_prompt, args.single_tokens)], 1)["output_tok_s"]
 
     pod = run_podserve(llm, requests)
@@ -139,12 +151,9 @@ def run_round(args, requests, dtype_name: str) -> dict:
         del llm
         cpu_linear.ENABLED = False
         try:
-            llm = LLM(chunk_size=args.chunk_size, max_num_seqs=args.max_num_seqs, dtype=dtype_name, kv_layout=args.kv)
+            llm = make_llm(args, dtype_name)
             run_podserve(llm, requests[:2])
-            t = time.perf_counter()
-            llm.generate([single_prompt], SamplingParams(max_tokens=args.single_tokens, temperature=0, ignore_eos=True),
-                         use_tqdm=False)
-            single = args.single_tokens / (time.perf_counter() - t)
+            single = single_decode(llm, single_prompt, args.single_tokens)
             unpacked = {**run_podserve(llm, requests), "single_decode_tok_s": single}
         finally:
             cpu_linear.ENABLED = True

@@ -18,6 +18,7 @@ difference); where torch has no oneDNN (``available()`` False) nothing changes.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -71,7 +72,8 @@ def linear(x: torch.Tensor,  # [..., in]
     hundreds of MB and recompile (0.5-3 ms) whenever the cache overflows. Rows are padded
     with zeros to ``row_bucket(rows)`` instead: a bounded set of shapes for a few percent
     of padded rows."""
-    lead, rows = x.shape[:-1], x[..., 0].numel()
+    lead = x.shape[:-1]
+    rows = math.prod(lead)
     x2 = x.reshape(rows, x.shape[-1])
     padded = row_bucket(rows)
     if padded != rows:
