@@ -257,30 +257,38 @@ class Inputs:
 
 # ---------------------------------------------------------------------------- methods
 def own_calls(x: Inputs, policy=None):
+    """Own kernels as the engine's backends call them (split-KV prefill planned from the
+    chunks' context length), plus ``*_nosplit`` variants without split-KV prefill."""
     policy = policy or POD_POLICY
+    max_p_len = max(x.seq_lens_list[x.nd:], default=0)
+
     def args(r):
         return (x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens, x.cu)
 
     def decode(r):
         decode_attention(*args(r), x.nd, x.max_decode_len, out=x.out[r])
 
-    def prefill(r):
-        prefill_attention(*args(r), x.nd, x.max_query_len, out=x.out[r])
+    def prefill(r, split=True):
+        prefill_attention(*args(r), x.nd, x.max_query_len, out=x.out[r],
+                          max_seq_len=max_p_len if split else None)
 
-    def serial(r):
+    def serial(r, split=True):
         decode(r)
-        prefill(r)
+        prefill(r, split)
 
-    def pod(r, pol=policy):
+    def pod(r, pol=policy, split=True):
         pod_attention(*args(r), x.nd, x.max_query_len, x.max_decode_len, out=x.out[r],
-                      policy=pol, config=POD_CFG)
+                      policy=pol, config=POD_CFG, max_prefill_seq_len=max_p_len if split else None)
 
     def folded(r):
         prefill_attention(*args(r), 0, max(x.query_lens), out=x.out[r])
 
     return dict(decode=decode, prefill=prefill, serial=serial, pod=pod,
                 pod_even=lambda r: pod(r, "even"), pod_prop=lambda r: pod(r, "proportional"),
-                pod_occ=lambda r: pod(r, "occupancy"), folded=folded)
+                pod_occ=lambda r: pod(r, "occupancy"), folded=folded,
+                prefill_nosplit=lambda r: prefill(r, False),
+                serial_nosplit=lambda r: serial(r, False),
+                pod_nosplit=lambda r: pod(r, policy, False))
 
 
 def streams_call(calls, dry):
@@ -339,12 +347,19 @@ def run_hybrid(cfg, block_size, dtype, device, dry):
     calls["pod"](0)
     res["pod_vs_serial_rel_err"] = rel_err(x.out[0], ser)
     modes = {}
-    for name in ("pod_even", "pod_prop", "pod_occ", "serial", "folded", "prefill", "decode"):
+    policy_keys = {"even": "pod_even", "proportional": "pod_prop", "occupancy": "pod_occ"}
+    timed = [policy_keys[p] for p in POLICIES]
+    timed += ["serial", "folded", "prefill", "decode", "pod_nosplit", "serial_nosplit",
+              "prefill_nosplit"]
+    for name in timed:
         res[name], modes[name] = time_ms(calls[name], rot, dry)
+    for name in policy_keys.values():
+        res.setdefault(name, None)
     # "pod" is the fused kernel with the policy chosen up front (not the best of three)
-    res["pod"] = res[{"even": "pod_even", "proportional": "pod_prop",
-                      "occupancy": "pod_occ"}[POD_POLICY]]
+    res["pod"] = res[policy_keys[POD_POLICY]]
     res["pod_policy"] = POD_POLICY
+    res["pod_split_gain"] = res["pod_nosplit"] / res["pod"]
+    res["prefill_split_gain"] = res["prefill_nosplit"] / res["prefill"]
     res["streams"], modes["streams"] = time_ms(streams_call(calls, dry), rot, dry)
     tp, pname, ptried = best_sdpa(sdpa_prefill_maker(x), rot, dry)
     td, dname, dtried = best_sdpa(sdpa_decode_maker(x), rot, dry)
@@ -366,17 +381,27 @@ def run_hybrid(cfg, block_size, dtype, device, dry):
 
 
 # ---------------------------------------------------------------------------- kernel sections
+PREFILL_SHAPES = [("L3-8B-TP1", 4096, 0), ("L3-8B-TP1", 8192, 0), ("L3-8B-TP1", 16384, 0),
+                  ("L3-8B-TP1", 2048, 14336),
+                  # short chunks over long prefixes: few row tiles, where split-KV matters
+                  ("L3-8B-TP1", 512, 16384), ("L3-8B-TP1", 256, 8192), ("L3-8B-TP2", 512, 16384),
+                  ("L3-8B-TP2", 1024, 8192)]
+
+
 def run_prefill_section(dtype, device, dry):
-    """Causal prefill TFLOP/s: own kernel vs SDPA FlashAttention-2 / cuDNN / efficient."""
+    """Causal prefill TFLOP/s: own kernel (split-KV as planned, and never split) vs SDPA
+    FlashAttention-2 / cuDNN / efficient."""
     rows = []
-    shapes = [(4096, 0), (8192, 0), (16384, 0), (2048, 14336)] if not dry else [(48, 0), (16, 40)]
-    hq, hkv = MODELS["L3-8B-TP1"]
-    for chunk, prefix in shapes:
+    shapes = PREFILL_SHAPES if not dry else [("L3-8B-TP1", 48, 0), ("L3-8B-TP2", 16, 40)]
+    for model, chunk, prefix in shapes:
+        hq, hkv = MODELS[model]
         x = Inputs(hq, hkv, [], [(prefix, chunk)], None, dtype, device, 1 if dry else 2)
         calls = own_calls(x)
         flops = 4.0 * hq * HEAD_DIM * chunk * (prefix + (chunk + 1) / 2)
         own, _ = time_ms(calls["prefill"], x.rotations, dry)
-        row = dict(chunk=chunk, prefix=prefix, own_ms=own, own_tflops=flops / own / 1e9)
+        nosplit, _ = time_ms(calls["prefill_nosplit"], x.rotations, dry)
+        row = dict(model=model, chunk=chunk, prefix=prefix, own_ms=own, own_tflops=flops / own / 1e9,
+                   own_nosplit_ms=nosplit, own_nosplit_tflops=flops / nosplit / 1e9)
         make = sdpa_prefill_maker(x)
         for name, be in sdpa_backends(dry).items():
             try:
@@ -388,6 +413,56 @@ def run_prefill_section(dtype, device, dry):
                 row[name + "_ms"] = f"n/a: {type(e).__name__}"
         rows.append(row)
         del x
+    return rows
+
+
+SPLIT_COUNTS = (1, 2, 3, 4, 6)
+POD_SPLIT_COUNTS = (1, 2, 4)
+
+
+def run_split_section(cfgs, block_size, dtype, device, dry, save=lambda rows: None):
+    """Split-KV sweep over the hybrid configurations: the prefill kernel alone with 1-6
+    KV splits and POD with 1/2/4 prefill splits, beside what the plan picks (``auto``),
+    to check ``prefill_split_plan`` against measurements."""
+    from podserve.kernels.pod import pod_config
+    from podserve.kernels.prefill import prefill_config, prefill_split_plan
+    from podserve.kernels.utils import num_sms
+
+    rows = []
+    for model, chunk, prefix, nd, ctx in cfgs:
+        hq, hkv = MODELS[model]
+        rot = 1 if dry else (2 if 2 * 2 * hkv * HEAD_DIM * (nd * ctx + prefix + chunk) > 512e6 else 4)
+        x = Inputs(hq, hkv, [ctx] * nd, [(prefix, chunk)], block_size, dtype, device, rot, dense=False)
+        L = prefix + chunk
+        pc, podc = prefill_config(HEAD_DIM), pod_config(HEAD_DIM)
+        sms = num_sms(0)
+        row = dict(model=model, chunk=chunk, prefix=prefix, decodes=nd, ctx=ctx,
+                   plan_prefill=prefill_split_plan(hq * math.ceil(chunk / pc["BLOCK_M"]), L,
+                                                   sms * pc["programs_per_sm"], pc["BLOCK_N"])[0],
+                   plan_pod=prefill_split_plan(hq * math.ceil(chunk / podc["BLOCK_M"]), L,
+                                               sms * podc["programs_per_sm"] // 2, podc["BLOCK_N_P"])[0])
+
+        def args(r):
+            return (x.q[r], x.k_cache, x.v_cache, x.block_tables[r], x.seq_lens, x.cu)
+        for n in SPLIT_COUNTS:
+            def run(r, n=n):
+                prefill_attention(*args(r), x.nd, x.max_query_len, out=x.out[r], max_seq_len=L,
+                                  num_splits=n)
+            row[f"prefill_s{n}"], _ = time_ms(run, rot, dry)
+        for n in POD_SPLIT_COUNTS:
+            def run(r, n=n):
+                pod_attention(*args(r), x.nd, x.max_query_len, x.max_decode_len, out=x.out[r],
+                              policy=POD_POLICY, config=POD_CFG, max_prefill_seq_len=L,
+                              prefill_splits=n)
+            row[f"pod_s{n}"], _ = time_ms(run, rot, dry)
+        best_p = min(SPLIT_COUNTS, key=lambda n: row[f"prefill_s{n}"])
+        best_pod = min(POD_SPLIT_COUNTS, key=lambda n: row[f"pod_s{n}"])
+        row.update(best_prefill_splits=best_p, best_pod_splits=best_pod)
+        rows.append(row)
+        save(rows)
+        print("split", json.dumps(row), flush=True)
+        del x
+        torch.cuda.empty_cache() if not dry else None
     return rows
 
 
@@ -499,6 +574,7 @@ POD_TUNE = [(64, 32, 64, 4, 2, 128), (64, 64, 64, 4, 2, None), (64, 64, 128, 4, 
 POD_TUNE_SHAPES = [(512, 4096, 64, 4096), (1024, 16384, 16, 16384)]  # chunk, prefix, nd, ctx
 POD_CFG: dict | None = None  # set by the tune section when it runs; else pod_config()
 POD_POLICY = "even"  # likewise (the kernel's default)
+POLICIES = ("even", "proportional", "occupancy")  # timed in the hybrid section (--policies)
 
 
 def run_tune_section(dtype, device, dry, block_size, kernels=("prefill", "decode", "pod")):
@@ -609,7 +685,8 @@ def check_correctness(dtype, device, dry):
     ref = attention_ref(x.q[0], x.k_cache, x.v_cache, x.block_tables[0], x.seq_lens, x.cu)
     calls = own_calls(x)
     errs = {}
-    for name in ("serial", "pod_prop", "pod_even", "pod_occ", "folded"):
+    for name in ("serial", "pod_prop", "pod_even", "pod_occ", "folded", "serial_nosplit",
+                 "pod_nosplit"):
         x.out[0].fill_(float("nan"))
         calls[name](0)
         errs[name] = rel_err(x.out[0], ref)
@@ -639,14 +716,14 @@ def fmt(v, spec=".3f"):
 
 
 def hybrid_table(rows) -> str:
-    head = ("| model | chunk@prefix | decodes x ctx | pod | even | prop | occ | serial | streams "
-            "| folded | sdpa | prefill | decode | pod/serial speedup | vs best alt "
-            "| pod/max(p,d) |")
-    lines = [head, "|" + "---|" * 16]
+    head = ("| model | chunk@prefix | decodes x ctx | pod | pod no split | even | prop | occ "
+            "| serial | streams | folded | sdpa | prefill | decode | pod/serial speedup "
+            "| vs best alt | pod/max(p,d) |")
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['chunk']}@{r['prefix']} | {r['decodes']}x{r['ctx']} "
-            f"| {fmt(r['pod'])} | {fmt(r['pod_even'])} | {fmt(r['pod_prop'])} "
+            f"| {fmt(r['pod'])} | {fmt(r.get('pod_nosplit'))} | {fmt(r['pod_even'])} | {fmt(r['pod_prop'])} "
             f"| {fmt(r['pod_occ'])} | {fmt(r['serial'])} "
             f"| {fmt(r['streams'])} | {fmt(r['folded'])} | {fmt(r['sdpa'])} "
             f"| {fmt(r['prefill'])} | {fmt(r['decode'])} | {r['speedup_vs_serial']:.2f}x "
@@ -668,6 +745,9 @@ def summary(rows) -> dict:
         worst_vs_best_alt=min(r["speedup_vs_best_alt"] for r in rows),
         balanced_pod_over_max_side_worst=max(bal) if bal else None,
         balanced_pod_over_max_side_geomean=geomean(bal) if bal else None,
+        geomean_pod_split_gain=geomean([r.get("pod_split_gain") for r in rows]),
+        geomean_speedup_nosplit_vs_serial_nosplit=geomean(
+            [r["serial_nosplit"] / r["pod_nosplit"] for r in rows if r.get("pod_nosplit")]),
         num_configs=len(rows))
 
 
@@ -678,9 +758,13 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16, help="paged block size; 0=contiguous")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--sections", default="correct,hybrid,prefill,decode")
+    ap.add_argument("--policies", default="even,proportional,occupancy",
+                    help="POD role policies timed in the hybrid section")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     dry = a.dry
+    global POLICIES
+    POLICIES = tuple(a.policies.split(","))
     device = "cpu" if dry else "cuda"
     dtype = torch.float32 if dry else getattr(torch, a.dtype)
     bs = None if a.block_size == 0 else a.block_size
@@ -740,6 +824,13 @@ def main() -> None:
         save()
         for r in result["prefill"]:
             print("prefill", json.dumps(r), flush=True)
+    if "split" in sections:
+        def save_split(rows):
+            result["split"] = rows
+            save()
+        result["split"] = run_split_section(DRY if dry else (QUICK if a.quick else HYBRID), bs,
+                                            dtype, device, dry, save_split)
+        save()
     if "vattn_prefill" in sections:
         result["vattn_prefill"] = run_vattn_prefill_section(dtype, device, dry)
         save()
@@ -775,7 +866,8 @@ def main() -> None:
     if "prefill" in sections:
         print("\nprefill TFLOP/s (L3-8B TP1 heads, causal):")
         for r in result["prefill"]:
-            print(f"  {r['chunk']}@{r['prefix']}: own {r['own_tflops']:.0f}"
+            print(f"  {r.get('model', 'L3-8B-TP1')} {r['chunk']}@{r['prefix']}: own {r['own_tflops']:.0f}"
+                  f" (no split {r['own_nosplit_tflops']:.0f})"
                   + "".join(f" {n} {fmt(r.get(n + '_tflops'), '.0f')}"
                             for n in ("flash", "cudnn", "efficient", "math") if n + "_ms" in r))
     if "vattn_prefill" in sections:

@@ -77,4 +77,5 @@ class PodAttention(AttentionBackend):
         nd = meta.num_decodes
         return pod_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                              meta.cu_seqlens_q, nd, max(meta.query_lens_cpu[nd:]),
-                             meta.decode_split_bound, scale, out, policy=self.policy)
+                             meta.decode_split_bound, scale, out, policy=self.policy,
+                             max_prefill_seq_len=max(meta.seq_lens_cpu[nd:]))

@@ -22,7 +22,8 @@ def attend_serial(q: torch.Tensor,  # [num_tokens, num_q_heads, head_dim]
                          meta.cu_seqlens_q, nd, meta.decode_split_bound, scale, out)
     if meta.num_prefills:
         prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                          meta.cu_seqlens_q, nd, max(meta.query_lens_cpu[nd:]), scale, out)
+                          meta.cu_seqlens_q, nd, max(meta.query_lens_cpu[nd:]), scale, out,
+                          max_seq_len=max(meta.seq_lens_cpu[nd:]))
     return out
 
 

@@ -37,7 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import combine_head, decode_tile, prefill_tile
+from .prefill import PARTIAL_BYTES_CAP, prefill_split_plan
+from .tiles import combine_head, combine_rows, decode_tile, prefill_tile, prefill_tile_splits
 from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
 
 
@@ -52,7 +53,7 @@ def pod_config(head_dim: int) -> dict:
     64x64 shape (200 registers, 80 KiB) fits only 2 per SM and was 8-15% slower.
     """
     return dict(BLOCK_M=64, BLOCK_N_P=32, BLOCK_N_D=64, num_warps=4, num_stages=2,
-                maxnreg=128)
+                maxnreg=128, programs_per_sm=4)
 
 
 @triton.jit
@@ -69,12 +70,12 @@ def _smid(pid, NUM_SMS: tl.constexpr, INTERPRET: tl.constexpr):
 # equal to 1 or divisible by 16) these nine values made a new compilation of the kernel
 # likely on any step of a serving run.
 @triton.jit(do_not_specialize=["num_decodes", "num_prefills", "num_m_tiles", "num_p_tiles",
-                               "num_d_tiles", "split_len", "max_splits", "ratio_p", "ratio_total",
-                               "bt_stride"])
-def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
-                cu_seqlens_q, counters, split_counters,
+                               "num_d_tiles", "split_len", "max_splits", "p_split_len",
+                               "p_splits", "ratio_p", "ratio_total", "bt_stride"])
+def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, part_o_p, part_lse_p, k_cache, v_cache,
+                block_tables, seq_lens, cu_seqlens_q, counters, split_counters,
                 num_decodes, num_prefills, num_m_tiles, num_p_tiles, num_d_tiles,
-                split_len, max_splits, ratio_p, ratio_total,
+                split_len, max_splits, p_split_len, p_splits, ratio_p, ratio_total,
                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                 NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SPLIT: tl.constexpr,
@@ -82,7 +83,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_P: tl.constexpr,
                 BLOCK_N_D: tl.constexpr, ALIGNED_P: tl.constexpr, ALIGNED_D: tl.constexpr,
                 NUM_SMS: tl.constexpr, CTR_PAD: tl.constexpr, INTERPRET: tl.constexpr,
-                OCCUPANCY: tl.constexpr):
+                OCCUPANCY: tl.constexpr, SPLIT_P: tl.constexpr):
     # counters (int32): [0, NUM_SMS) per-SM tickets, then next prefill tile,
     # next decode tile, programs done; then per-SM running prefill programs and
     # per-SM running decode programs (OCCUPANCY policy; they return to zero by
@@ -119,16 +120,33 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
             tl.atomic_add(run_d_ctr, 1)
 
     if is_p:
-        # Prefill tile id -> (m tile, chunk, head), heads fastest (L2 sharing of
-        # a KV group), heaviest row tiles first.
+        # Prefill tile id -> (m tile, chunk, KV split, head), heads fastest (L2 sharing
+        # of a KV group), heaviest row tiles first.
         head = tile % NUM_Q_HEADS
         rest = tile // NUM_Q_HEADS
+        p_split = rest % p_splits
+        rest = rest // p_splits
         seq = num_decodes + rest % num_prefills
         m_tile = num_m_tiles - 1 - rest // num_prefills
-        prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                     seq, m_tile, head, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
-                     block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                     GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, ALIGNED_P)
+        ran = prefill_tile(q_ptr, o_ptr, part_o_p, part_lse_p, k_cache, v_cache, block_tables,
+                           seq_lens, cu_seqlens_q, seq, m_tile, head, p_split, p_split_len,
+                           p_splits, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
+                           block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                           NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, ALIGNED_P, SPLIT_P)
+        if SPLIT_P:
+            if ran > 0:
+                # Split-KV prefill: the last split of a (row tile, head) to finish merges
+                # the tile's partials (arrival counters after the decode pairs' ones).
+                tl.debug_barrier()
+                ctr = split_counters + num_decodes * NUM_KV_HEADS + rest * NUM_Q_HEADS + head
+                arrived = tl.atomic_add(ctr, 1, sem="acq_rel")
+                n_splits = prefill_tile_splits(seq_lens, cu_seqlens_q, seq, m_tile, p_split_len,
+                                               BLOCK_M)
+                if arrived == n_splits - 1:
+                    tl.atomic_xchg(ctr, 0)
+                    combine_rows(o_ptr, part_o_p, part_lse_p, seq_lens, cu_seqlens_q, seq,
+                                 m_tile, head, p_split_len, p_splits, stride_ot, stride_oh,
+                                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, ".cg")
     else:
         # Decode tile id -> (sequence, KV head, split), splits fastest.
         split = tile % max_splits
@@ -219,6 +237,8 @@ def pod_attention(
     num_splits: int | None = None,
     config: dict | None = None,
     workspace: PodWorkspace | None = None,
+    max_prefill_seq_len: int | None = None,
+    prefill_splits: int | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_q_heads, head_dim]
     """Hybrid batch attention in one launch: decodes (first ``num_decodes`` seqs) and
     prefill chunks (the rest) computed by co-running programs on every SM.
@@ -227,6 +247,11 @@ def pod_attention(
     ``max_decode_seq_len`` the decodes' contexts (host ints: they size the grid).
     Needs at least one prefill chunk and one decode; callers with a single side
     use ``prefill_attention`` or ``decode_attention``.
+
+    ``max_prefill_seq_len`` (host int: the chunks' longest context, prefix included)
+    lets the prefill side split its keys (``prefill_split_plan``, sized for the half of
+    each SM's programs the prefill role gets), the last split of each row tile
+    merging the partials in the same launch; ``prefill_splits`` forces a count.
     """
     check_cache(k_cache, v_cache)
     num_tokens, num_q_heads, head_dim = q.shape
@@ -255,11 +280,28 @@ def pod_attention(
         split_len = triton.cdiv(triton.cdiv(max_decode_seq_len, num_splits), bnd) * bnd
         num_splits = triton.cdiv(max_decode_seq_len, split_len)
     num_d_tiles = num_decodes * num_kv_heads * num_splits
+    p_splits, p_split_len = 1, 1
+    if max_prefill_seq_len is not None and (prefill_splits is None or prefill_splits > 1):
+        bnp = cfg["BLOCK_N_P"]
+        if prefill_splits is None:
+            # Tickets give the prefill role about half of each SM's resident programs.
+            slots = sms * cfg.get("programs_per_sm", 4) // 2
+            p_splits, p_split_len = prefill_split_plan(num_p_tiles, max_prefill_seq_len, slots, bnp)
+            partial_bytes = (num_tokens - num_decodes) * num_q_heads * p_splits * (head_dim + 1) * 4
+            if partial_bytes > PARTIAL_BYTES_CAP:
+                p_splits, p_split_len = 1, 1
+        else:
+            p_split_len = triton.cdiv(triton.cdiv(max_prefill_seq_len, prefill_splits), bnp) * bnp
+            p_splits = triton.cdiv(max_prefill_seq_len, p_split_len)
+    elif prefill_splits is not None and prefill_splits > 1:
+        raise ValueError("prefill_splits needs max_prefill_seq_len")
+    num_p_tiles *= p_splits
     gqa = num_q_heads // num_kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
     ws = workspace or _WORKSPACE
     counters = ws.counters(q.device, 3 * sms + 3)
-    split_ctr = ws.split_counters(q.device, num_decodes * num_kv_heads)
+    split_ctr = ws.split_counters(q.device, num_decodes * num_kv_heads
+                                  + (num_p_tiles // p_splits if p_splits > 1 else 0))
     if num_splits > 1:
         part_o = torch.empty(num_decodes, num_q_heads, num_splits, head_dim,
                              device=q.device, dtype=torch.float32)
@@ -267,16 +309,23 @@ def pod_attention(
                                device=q.device, dtype=torch.float32)
     else:
         part_o = part_lse = out
+    if p_splits > 1:
+        part_o_p = torch.empty(num_tokens, num_q_heads, p_splits, head_dim,
+                               device=q.device, dtype=torch.float32)
+        part_lse_p = torch.empty(num_tokens, num_q_heads, p_splits,
+                                 device=q.device, dtype=torch.float32)
+    else:
+        part_o_p = part_lse_p = out
     ratio_p, ratio_total = pod_ratio(num_p_tiles, num_d_tiles, policy)
     interp = interpreting()
     kw = {} if interp else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("maxnreg") and not interp:
         kw["maxnreg"] = cfg["maxnreg"]  # register cap: decides how many programs share an SM
     _pod_kernel[(num_p_tiles + num_d_tiles,)](
-        q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-        counters, split_ctr,
+        q, out, part_o, part_lse, part_o_p, part_lse_p, k_cache, v_cache, block_tables,
+        seq_lens, cu_seqlens_q, counters, split_ctr,
         num_decodes, num_prefills, num_m_tiles, num_p_tiles, num_d_tiles,
-        split_len, num_splits, ratio_p, ratio_total,
+        split_len, num_splits, p_split_len, p_splits, ratio_p, ratio_total,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
@@ -286,5 +335,5 @@ def pod_attention(
         ALIGNED_P=block_size % cfg["BLOCK_N_P"] == 0,
         ALIGNED_D=block_size % bnd == 0,
         NUM_SMS=sms, CTR_PAD=next_pow2(sms + 3), INTERPRET=interp,
-        OCCUPANCY=policy == "occupancy", **kw)
+        OCCUPANCY=policy == "occupancy", SPLIT_P=p_splits > 1, **kw)
     return out

@@ -1,10 +1,15 @@
-"""Varlen causal prefill attention over a paged (or contiguous) KV cache."""
+"""Varlen causal prefill attention over a paged (or contiguous) KV cache, optionally split-KV."""
 import torch
 import triton
 import triton.language as tl
 
-from .tiles import prefill_tile
-from .utils import LOG2E, check_cache, interpreting
+from .tiles import combine_rows, prefill_tile
+from .utils import LOG2E, check_cache, device_sms, interpreting
+
+PARTIAL_BYTES_CAP = 128 << 20
+"""Largest float32 partial-output buffer a split-KV prefill plans for itself (bytes)."""
+COMBINE_ROWS = 32
+"""Query rows one program of the split-KV combine merges."""
 
 
 def prefill_config(head_dim: int) -> dict:
@@ -13,30 +18,69 @@ def prefill_config(head_dim: int) -> dict:
     D=128: 128x128 tiles, 8 warps, 2 stages was the fastest of 7 shapes on an H100
     (benchmarks/attention.py tune section: 0.75 ms vs 0.86 ms for 128x64/3 stages on a
     2048-token chunk at 6K prefix, paged); D=64 is untuned.
+    ``programs_per_sm``: how many such programs an SM holds at once (registers and
+    shared memory; docs/benchmarks-attention.md), which sizes the split-KV plan.
     """
     if head_dim <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, programs_per_sm=2)
+    return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, programs_per_sm=1)
 
 
+def prefill_split_plan(num_tiles: int, max_seq_len: int, slots: int, block_n: int,
+                       max_splits: int = 16, overhead_keys: int = 256) -> tuple[int, int]:
+    """(num_splits, split_len) for split-KV prefill over ``num_tiles`` row tiles.
 
-@triton.jit(do_not_specialize=["first_seq", "num_m_tiles", "bt_stride"])
-def _prefill_kernel(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                    first_seq, num_m_tiles,
+    A chunk of a few hundred tokens over a long prefix has few row tiles (16 heads x
+    four 128-row tiles = 64 programs on 132 SMs) and each walks the whole prefix, so
+    most of the GPU idles. Splitting each tile's keys ``s`` ways gives ``s`` times the
+    programs at ``1/s`` the work each, plus a combine. The plan minimises the
+    estimated time ``waves(s) x (split_len(s) + overhead)`` in units of keys, where
+    ``waves`` counts rounds of ``slots`` resident programs and ``overhead_keys``
+    stands for a split program's fixed cost (query load, partial store, its share of
+    the combine: about two 128-key tiles' worth of traffic). Ties keep fewer splits.
+    """
+    best = (None, 1, max_seq_len)
+    for s in range(1, max_splits + 1):
+        split_len = triton.cdiv(triton.cdiv(max_seq_len, s), block_n) * block_n
+        eff = triton.cdiv(max_seq_len, split_len)
+        if eff != s:
+            continue  # the same split length as a smaller s
+        cost = triton.cdiv(num_tiles * s, max(1, slots)) * (split_len + (overhead_keys if s > 1 else 0))
+        if best[0] is None or cost < best[0]:
+            best = (cost, s, split_len)
+    return best[1], best[2]
+
+
+@triton.jit(do_not_specialize=["first_seq", "num_m_tiles", "split_len", "num_splits", "bt_stride"])
+def _prefill_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
+                    cu_seqlens_q, first_seq, num_m_tiles, split_len, num_splits,
                     stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                     stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                    GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
-    # Grid (num_q_heads, num_m_tiles, num_seqs): heads fastest so the query heads of
-    # one KV group run together and share K/V through L2; heaviest (last) row
+                    NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                    SPLIT: tl.constexpr):
+    # Grid (num_q_heads, num_m_tiles x num_splits, num_seqs): heads fastest so the query
+    # heads of one KV group run together and share K/V through L2; heaviest (last) row
     # tiles first so the causal tail does not straggle.
     head = tl.program_id(0)
-    m_tile = num_m_tiles - 1 - tl.program_id(1)
+    m_tile = num_m_tiles - 1 - tl.program_id(1) // num_splits
+    split = tl.program_id(1) % num_splits
     seq = first_seq + tl.program_id(2)
-    prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                 seq, m_tile, head, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
-                 block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                 GQA, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_ALIGNED)
+    prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
+                 cu_seqlens_q, seq, m_tile, head, split, split_len, num_splits,
+                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
+                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                 NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_ALIGNED, SPLIT)
+
+
+@triton.jit(do_not_specialize=["first_seq", "split_len", "num_splits"])
+def _prefill_combine_kernel(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, first_seq,
+                            split_len, num_splits, stride_ot, stride_oh,
+                            NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                            BLOCK_M: tl.constexpr):
+    combine_rows(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, first_seq + tl.program_id(2),
+                 tl.program_id(1), tl.program_id(0), split_len, num_splits, stride_ot, stride_oh,
+                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, "")
 
 
 def prefill_attention(
@@ -51,6 +95,8 @@ def prefill_attention(
     scale: float | None = None,
     out: torch.Tensor | None = None,  # [num_tokens, num_q_heads, head_dim]
     config: dict | None = None,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_q_heads, head_dim]
     """Causal attention of every sequence after the first ``num_decodes`` (the prefill chunks).
 
@@ -59,6 +105,10 @@ def prefill_attention(
     of those chunks are written to ``out``. ``max_query_len`` bounds the chunks'
     query lengths (host int, sizes the grid). With ``num_decodes=0`` decodes can be
     folded in as query-length-1 chunks.
+
+    ``max_seq_len`` (host int: the chunks' longest context, prefix included) enables
+    split-KV when the row tiles alone would leave SMs idle (``prefill_split_plan``);
+    without it the kernel never splits. ``num_splits`` forces a split count.
     """
     check_cache(k_cache, v_cache)
     num_tokens, num_q_heads, head_dim = q.shape
@@ -74,20 +124,48 @@ def prefill_attention(
         return out
     # One shape for every grid: half-height tiles for small grids (fewer than one
     # program per SM) measured 4-18% slower on an H100 for 512/1024-token chunks,
-    # paged (see docs/benchmarks-attention.md), so they are not used.
+    # paged (see docs/benchmarks-attention.md); small grids split the keys instead.
     cfg = dict(prefill_config(head_dim), **(config or {}))
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     num_m_tiles = triton.cdiv(max_query_len, bm)
+    num_tiles = num_q_heads * num_m_tiles * num_prefills
+    splits, split_len = 1, 0
+    if num_splits is not None and num_splits > 1 and max_seq_len is None:
+        raise ValueError("num_splits needs max_seq_len")
+    if max_seq_len is not None and (num_splits is None or num_splits > 1):
+        if num_splits is None:
+            slots = device_sms(q) * cfg.get("programs_per_sm", 1)
+            splits, split_len = prefill_split_plan(num_tiles, max_seq_len, slots, bn)
+        else:
+            split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), bn) * bn
+            splits = triton.cdiv(max_seq_len, split_len)
+        partial_bytes = (num_tokens - num_decodes) * num_q_heads * splits * (head_dim + 1) * 4
+        if splits > 1 and partial_bytes > PARTIAL_BYTES_CAP and num_splits is None:
+            splits, split_len = 1, 0
     scale = head_dim ** -0.5 if scale is None else scale
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("maxnreg") and not interpreting():
         kw["maxnreg"] = cfg["maxnreg"]
-    _prefill_kernel[(num_q_heads, num_m_tiles, num_prefills)](
-        q, out, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-        num_decodes, num_m_tiles,
+    if splits > 1:
+        # Indexed by token row, so decode rows' slots go unused: [num_tokens, Hq, splits, D].
+        part_o = torch.empty(num_tokens, num_q_heads, splits, head_dim, device=q.device,
+                             dtype=torch.float32)
+        part_lse = torch.empty(num_tokens, num_q_heads, splits, device=q.device,
+                               dtype=torch.float32)
+    else:
+        part_o = part_lse = out  # unused
+    _prefill_kernel[(num_q_heads, num_m_tiles * splits, num_prefills)](
+        q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
+        num_decodes, num_m_tiles, max(split_len, 1), splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
-        GQA=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn,
-        PAGE_ALIGNED=block_size % bn == 0, **kw)
+        NUM_Q_HEADS=num_q_heads, GQA=num_q_heads // num_kv_heads, HEAD_DIM=head_dim,
+        BLOCK_M=bm, BLOCK_N=bn, PAGE_ALIGNED=block_size % bn == 0, SPLIT=splits > 1, **kw)
+    if splits > 1:
+        _prefill_combine_kernel[(num_q_heads, triton.cdiv(max_query_len, COMBINE_ROWS), num_prefills)](
+            out, part_o, part_lse, seq_lens, cu_seqlens_q, num_decodes, split_len, splits,
+            out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_M=COMBINE_ROWS,
+            **({} if interpreting() else dict(num_warps=4)))
     return out

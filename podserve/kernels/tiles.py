@@ -81,24 +81,41 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
 
 
 @triton.jit
-def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-                 seq, m_tile, head,
+def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
+                 cu_seqlens_q, seq, m_tile, head, split, split_len, max_splits,
                  stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                  stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                 GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+                 NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                 SPLIT: tl.constexpr):
     """Causal attention of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``, one head.
 
     The chunk's query ``i`` sits at position ``prefix + i`` (``prefix = seq_len -
     query_len``) and sees keys ``0..prefix+i``. Keys before the tile's first
     position need no causal mask; only the diagonal band is masked.
+
+    With ``SPLIT`` the tile covers only keys ``[split*split_len, +split_len)`` (split-KV
+    prefill: a short chunk over a long prefix has too few row tiles to fill the GPU)
+    and writes the normalised partial output and base-2 log-sum-exp of each row to
+    ``part_o`` [num_tokens, Hq, max_splits, D] / ``part_lse`` [num_tokens, Hq,
+    max_splits] for ``combine_rows``; a row with no visible key in the split gets
+    output 0 and log-sum-exp ``NEG_BIG`` (weight 0). ``split_len`` is a multiple of
+    ``BLOCK_N``. Returns 1 if the tile had keys to attend to (so the caller may count
+    it toward a combine), else 0.
     """
     q_start = tl.load(cu_seqlens_q + seq)
     q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
     m0 = m_tile * BLOCK_M
-    if m0 < q_len:
-        kv_len = tl.load(seq_lens + seq)
-        prefix = kv_len - q_len
+    kv_len = tl.load(seq_lens + seq)
+    prefix = kv_len - q_len
+    hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)  # keys any row of the tile sees
+    lo = 0
+    if SPLIT:
+        lo = split * split_len
+        hi = tl.minimum(hi, lo + split_len)
+    ran = 0
+    if (m0 < q_len) & (lo < hi):
+        ran = 1
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         mask_m = offs_m < q_len
@@ -110,19 +127,82 @@ def prefill_tile(q_ptr, o_ptr, k_cache, v_cache, block_tables, seq_lens, cu_seql
         m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        full_end = ((prefix + m0) // BLOCK_N) * BLOCK_N
-        for n0 in range(0, full_end, BLOCK_N):
+        # Keys before full_end are visible to every row of the tile: no mask.
+        full_end = tl.minimum(((prefix + m0) // BLOCK_N) * BLOCK_N, hi)
+        for n0 in range(lo, full_end, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                         seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                                         HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
-        hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)
-        for n0 in range(full_end, hi, BLOCK_N):
+        for n0 in range(tl.maximum(full_end, lo), hi, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                         seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                                         HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
-        out = acc / l_i[:, None]
+        if SPLIT:
+            seen = l_i > 0.0  # rows before the split's first key see none of it
+            out = acc / tl.where(seen, l_i, 1.0)[:, None]
+            row = (tok * NUM_Q_HEADS + head) * max_splits + split  # [BLOCK_M] int64
+            tl.store(part_o + row[:, None] * HEAD_DIM + offs_d[None, :], out,
+                     mask=mask_m[:, None])
+            lse = m_i + tl.math.log2(tl.where(seen, l_i, 1.0))
+            tl.store(part_lse + row, tl.where(seen, lse, NEG_BIG), mask=mask_m)
+        else:
+            out = acc / l_i[:, None]
+            tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+    return ran
+
+
+@triton.jit
+def prefill_tile_splits(seq_lens, cu_seqlens_q, seq, m_tile, split_len, BLOCK_M: tl.constexpr):
+    """Number of KV splits that hold keys for row tile ``m_tile`` of chunk ``seq``."""
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
+    kv_len = tl.load(seq_lens + seq)
+    hi = tl.minimum(kv_len - q_len + m_tile * BLOCK_M + BLOCK_M, kv_len)
+    return tl.cdiv(hi, split_len)
+
+
+@triton.jit
+def combine_rows(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, m_tile, head,
+                 split_len, max_splits, stride_ot, stride_oh,
+                 NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 CACHE: tl.constexpr):
+    """Merge the split partials of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``.
+
+    Row ``i`` (position ``prefix + i``) has keys in splits ``0..(prefix+i)//split_len``;
+    later splits are not read for it. Online merge in base 2 over the splits.
+    ``CACHE``: load cache modifier (``.cg`` for partials of the same launch).
+    """
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
+    m0 = m_tile * BLOCK_M
+    if m0 < q_len:
+        kv_len = tl.load(seq_lens + seq)
+        prefix = kv_len - q_len
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mask_m = offs_m < q_len
+        tok = (q_start + offs_m).to(tl.int64)
+        row_splits = (prefix + offs_m) // split_len + 1  # [BLOCK_M]
+        n_splits = tl.cdiv(tl.minimum(prefix + m0 + BLOCK_M, kv_len), split_len)
+        base = (tok * NUM_Q_HEADS + head) * max_splits  # [BLOCK_M]
+        m = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
+        den = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        for s in range(0, n_splits):
+            valid = mask_m & (s < row_splits)
+            lse = tl.load(part_lse + base + s, mask=valid, other=NEG_BIG, cache_modifier=CACHE)
+            o = tl.load(part_o + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=valid[:, None], other=0.0, cache_modifier=CACHE)  # [BLOCK_M, D]
+            m_new = tl.maximum(m, lse)
+            alpha = tl.math.exp2(m - m_new)
+            w = tl.where(valid, tl.math.exp2(lse - m_new), 0.0)
+            acc = acc * alpha[:, None] + o * w[:, None]
+            den = den * alpha + w
+            m = m_new
+        out = acc / tl.maximum(den, 1e-30)[:, None]
         tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
 

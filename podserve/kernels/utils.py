@@ -66,7 +66,8 @@ def compiled_variants() -> dict[str, int | None]:
     from . import decode, kv_write, pod, prefill
 
     kernels = {"decode": decode._decode_kernel, "combine": decode._combine_kernel,
-               "prefill": prefill._prefill_kernel, "pod": pod._pod_kernel,
+               "prefill": prefill._prefill_kernel, "prefill_combine": prefill._prefill_combine_kernel,
+               "pod": pod._pod_kernel,
                "write_kv": kv_write._write_kv_kernel}
     out: dict[str, int | None] = {}
     for name, fn in kernels.items():

@@ -102,6 +102,44 @@ def test_prefill_head_dim_128_and_small_tiles():
         assert rel_err(out, ref) < TOL
 
 
+# Split-KV prefill: splits that end before some rows' first visible key, that start past
+# a whole tile's causal end, a chunk at the prompt's start, a one-token chunk.
+SPLIT_CASES = [(16, 2), (64, 3), (None, 7)]
+
+
+@pytest.mark.parametrize("block_size,num_splits", SPLIT_CASES)
+def test_prefill_split_kv_matches_reference(block_size, num_splits):
+    b = make_batch([9], [(150, 45), (0, 70), (31, 1)], 8, 2, 64, block_size, DT, DEV)
+    out = poisoned(b.q)
+    prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                      b.num_decodes, b.max_query_len, out=out, config=dict(BLOCK_M=16, BLOCK_N=16),
+                      max_seq_len=max(b.seq_lens_list[1:]), num_splits=num_splits)
+    ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                        seqs=range(1, 4))
+    assert torch.isnan(out[:1]).all(), "split prefill wrote a decode row"
+    assert rel_err(out[1:], ref[1:]) < TOL
+
+
+def test_prefill_split_needs_context_length():
+    b = make_batch([], [(40, 8)], 4, 2, 64, 16, DT, DEV)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                          0, b.max_query_len, num_splits=2)
+
+
+def test_prefill_split_plan_splits_only_small_grids():
+    from podserve.kernels.prefill import prefill_split_plan
+
+    # 16 heads x 4 row tiles on 132 SMs, 16.9K keys: two splits fill the GPU.
+    assert prefill_split_plan(64, 16896, 132, 128) == (2, 8448)
+    # A grid that already fills the GPU, or a short context, is left alone.
+    assert prefill_split_plan(512, 6144, 132, 128)[0] == 1
+    assert prefill_split_plan(8, 300, 132, 128)[0] <= 3
+    for tiles in (1, 7, 40, 100, 131):
+        n, length = prefill_split_plan(tiles, 10000, 132, 64)
+        assert length % 64 == 0 and -(-10000 // length) == n and tiles * n <= 4 * 132
+
+
 # ----------------------------------------------------------------------------- decode
 # Latin square: every split choice meets every GQA ratio and every layout once.
 DECODE_GRID = [(g, bs, (1, 3, None)[(i + j) % 3])
@@ -168,6 +206,22 @@ def test_pod_equals_reference_and_serial(gqa, block_size, policy, num_splits):
     # The last program reset every counter: the workspace is ready for the next launch.
     assert int(ws.counters(b.q.device, 1).abs().sum()) == 0
     assert int(ws.split_counters(b.q.device, 1).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("block_size,prefill_splits", [(16, 2), (None, 5)])
+def test_pod_split_prefill_equals_reference(block_size, prefill_splits):
+    b = make_batch([5, 130], [(150, 45), (0, 33)], 8, 2, 64, block_size, DT, DEV)
+    ws = PodWorkspace()
+    for _ in range(2):  # the second launch finds the arrival counters reset by the first
+        out = poisoned(b.q)
+        pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                      b.num_decodes, b.max_query_len, b.max_decode_len, out=out, num_splits=2,
+                      workspace=ws, config=dict(BLOCK_M=16, BLOCK_N_P=16, BLOCK_N_D=16),
+                      max_prefill_seq_len=max(b.seq_lens_list[2:]), prefill_splits=prefill_splits)
+        ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+        assert rel_err(out, ref) < TOL
+        assert int(ws.counters(b.q.device, 1).abs().sum()) == 0
+        assert int(ws.split_counters(b.q.device, 1).abs().sum()) == 0
 
 
 def test_pod_back_to_back_launches_reuse_workspace():
@@ -240,6 +294,18 @@ def test_gpu_all_kernels_vs_float64(dtype, hq, hkv):
     prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
                       nd, b.max_query_len, out=out)
     assert rel_err(out, ref) < 1e-2
+    max_p = max(b.seq_lens_list[nd:])
+    for n in (2, 5):  # split-KV prefill, separate combine and POD's in-launch combine
+        split = out.clone()
+        split[nd:] = float("nan")
+        prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                          nd, b.max_query_len, out=split, max_seq_len=max_p, num_splits=n)
+        assert rel_err(split, ref) < 1e-2
+        pod = poisoned(b.q)
+        pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                      nd, b.max_query_len, b.max_decode_len, out=pod,
+                      max_prefill_seq_len=max_p, prefill_splits=n)
+        assert rel_err(pod, ref) < 1e-2
     for policy in ("even", "proportional", "occupancy"):
         pod = poisoned(b.q)
         pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
@@ -279,22 +345,24 @@ def test_gpu_batch_shapes_do_not_recompile():
     from podserve.kernels.utils import compiled_variants
 
     shapes = [([1], [(0, 16)]), ([5, 64, 4096], [(100, 1)]), ([17] * 33, [(2048, 512), (0, 48)]),
-              ([4097] * 2, [(0, 2048)]), ([16] * 64, [(31, 33)]), ([8000], [(1, 1)])]
+              ([4097] * 2, [(0, 2048)]), ([16] * 64, [(31, 33)]), ([8000], [(1, 1)]),
+              ([5], [(8000, 64)]), ([300], [(12000, 200)])]  # the last two split the prefill keys
 
     def run_all():
         for lens, chunks in shapes:
             b = make_batch(lens, chunks, 32, 8, 128, 16, torch.bfloat16, "cuda")
             args = (b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
                     b.num_decodes)
+            max_p = max(b.seq_lens_list[b.num_decodes:])
             decode_attention(*args, b.max_decode_len)
-            prefill_attention(*args, b.max_query_len)
-            pod_attention(*args, b.max_query_len, b.max_decode_len)
+            prefill_attention(*args, b.max_query_len, max_seq_len=max_p)
+            pod_attention(*args, b.max_query_len, b.max_decode_len, max_prefill_seq_len=max_p)
         torch.cuda.synchronize()
 
     run_all()
     first = compiled_variants()
     run_all()
     assert compiled_variants() == first
-    # decode: split or direct; pod: split or not; prefill and combine: one each.
-    assert first["decode"] <= 2 and first["pod"] <= 2, first
-    assert first["prefill"] == 1 and first["combine"] == 1, first
+    # decode and prefill: split or direct; pod: decode and prefill split or not; combines: one.
+    assert first["decode"] <= 2 and first["prefill"] <= 2 and first["pod"] <= 4, first
+    assert first["combine"] == 1 and first["prefill_combine"] == 1, first
