@@ -89,6 +89,7 @@ class ReplicaActor:
         self.replica_id = replica_id
         started = time.perf_counter()
         engine = Engine(config)
+        engine.freeze_heap()  # the actor serves until it is killed
         self.async_engine = AsyncEngine(engine, max_queue_len=max_queue_len)
         self.metrics = ServerMetrics(self.async_engine, served_model_name or engine.model_name)
         self.async_engine.output_listeners.append(self.metrics.observe)

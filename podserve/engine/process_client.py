@@ -83,6 +83,7 @@ def _engine_main(config: EngineConfig, conn, threads: int | None) -> None:
     except BaseException as e:  # model load failed: tell the front, which raises it
         conn.send(("failed_to_start", e))
         return
+    engine.freeze_heap()  # this process serves until it stops: no full-heap GC pauses
     conn.send(("ready", {"max_model_len": engine.max_model_len, "model_name": engine.model_name}))
     stats = EngineStats()
     try:

@@ -134,6 +134,7 @@ def cmd_bench(args) -> int:
     if args.tbt_slo is not None and config.scheduler.policy == "sarathi":
         config = replace(config, profile=args.profile, scheduler=replace(config.scheduler, tbt_slo=args.tbt_slo))
     with Engine(config) as engine:  # closing stops tensor/pipeline-parallel workers
+        engine.freeze_heap()  # no full-heap GC pauses in the measured run; undone on close
         run = run_workload(engine, generate(wcfg), seed=args.workload_seed, progress=True, desc=config.scheduler.policy,
                            detokenize=not args.no_detokenize)
         roofline = None if args.no_roofline else _roofline(engine, run.collector.iterations)

@@ -74,6 +74,7 @@ class PresetTokenizer(Tokenizer):
         self.__dict__.update(base.__dict__)
         self.model_vocab_size = model_vocab_size
         self.eos_token_ids = [i for i in base.eos_token_ids if i < model_vocab_size]
+        self._backend_vocab = self.backend.get_vocab_size(with_added_tokens=True)
 
     @property
     def vocab_size(self) -> int:
@@ -86,8 +87,10 @@ class PresetTokenizer(Tokenizer):
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` with out-of-vocabulary ids folded into the tokenizer's vocabulary."""
-        n = self.backend.get_vocab_size(with_added_tokens=True)
-        return super().decode([i % n for i in ids], skip_special_tokens)
+        return super().decode([i % self._backend_vocab for i in ids], skip_special_tokens)
+
+    def _fold(self, token_id: int) -> int:
+        return token_id % self._backend_vocab
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
         n = self.backend.get_vocab_size(with_added_tokens=True)

@@ -126,6 +126,28 @@ class Tokenizer:
         """Text of ``ids``; special tokens are dropped unless ``skip_special_tokens=False``."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def decode_stream(self, context_ids: list[int], skip_special_tokens: bool = True):
+        """A callable ``step(token_id) -> str`` giving the text each new token adds after
+        ``context_ids`` ("" while a UTF-8 character is incomplete), or None when this
+        ``tokenizers`` has no primed ``DecodeStream`` (0.22+). One native call per token,
+        against two window decodes in ``IncrementalDetokenizer``'s fallback."""
+        try:
+            from tokenizers.decoders import DecodeStream
+
+            stream = DecodeStream(ids=[self._fold(i) for i in context_ids],
+                                  skip_special_tokens=skip_special_tokens)
+        except (ImportError, TypeError):
+            return None
+        backend, fold = self.backend, self._fold
+
+        def step(token_id: int) -> str:
+            return stream.step(backend, fold(token_id)) or ""
+        return step
+
+    def _fold(self, token_id: int) -> int:
+        """The id the backend decodes for ``token_id`` (identity; presets fold into range)."""
+        return token_id
+
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
         """Vocabulary strings of ``ids`` (byte-level spelling, e.g. 'Ġworld')."""
         return [self.backend.id_to_token(i) for i in ids]

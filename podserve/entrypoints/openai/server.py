@@ -218,7 +218,9 @@ def run_server(args) -> int:
 
             engine_client = EngineProcessClient(config, max_queue_len=args.max_queue_len)
         else:
-            engine_client = AsyncEngine(Engine(config), max_queue_len=args.max_queue_len)
+            engine = Engine(config)
+            engine.freeze_heap()  # serves until the process exits
+            engine_client = AsyncEngine(engine, max_queue_len=args.max_queue_len)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(engine_client, names, api_key=args.api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
