@@ -71,6 +71,9 @@ class Engine:
         ``podserve.bench.clock.ThreadCPUClock``)."""
         self.iteration_listeners: list = []
         """Callables ``f(batch, start, end)`` told about every executed iteration (metrics)."""
+        self.emit_unfinished = True
+        """Whether ``step()`` returns outputs of requests that advanced without finishing
+        (streaming needs them; ``LLM.generate``, which keeps only finished ones, turns it off)."""
         self.last_output = None
         """The ExecutorOutput of the latest iteration (its ``timing`` splits host and device time)."""
         self.token_budget = None
@@ -271,7 +274,8 @@ class Engine:
                 delta = detok.add(update.new_token_ids)[0] if detok is not None else ""
             if finished and detok is not None:
                 delta += detok.flush()  # text held back in case it began a stop string
-            results.append(self._output(request, delta, update.new_token_ids, finished))
+            if finished or self.emit_unfinished:
+                results.append(self._output(request, delta, update.new_token_ids, finished))
             if finished:
                 del self._detok[rid]
                 del self._prompts[rid]

@@ -156,6 +156,9 @@ class LLM:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ids), desc="generate", unit="req", dynamic_ncols=True)
+        # Only finished outputs are kept: the engine skips building the others (128 of them
+        # a step cost ~0.7 ms of host time on CPU), while still detokenizing as it goes.
+        emit, self.engine.emit_unfinished = self.engine.emit_unfinished, False
         try:
             while len(results) < len(ids):
                 for out in self.engine.step():
@@ -170,6 +173,7 @@ class LLM:
                     self.engine.abort_request(rid)
             raise
         finally:
+            self.engine.emit_unfinished = emit
             if bar is not None:
                 bar.close()
         return [results[rid] for rid in ids]

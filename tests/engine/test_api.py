@@ -192,3 +192,26 @@ def test_vanishing_temperature_samples_greedily(default_llm):
     greedy = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=0), use_tqdm=False)
     tiny = default_llm.generate(["The sky is"], SamplingParams(max_tokens=8, temperature=6e-121), use_tqdm=False)
     assert tiny[0].outputs[0].token_ids == greedy[0].outputs[0].token_ids
+
+
+def test_generate_builds_only_finished_outputs_and_restores_streaming():
+    from podserve.engine.llm import LLM
+
+    llm = LLM(model="tiny-llama", device="cpu")
+    params = SamplingParams(max_tokens=7, temperature=0, ignore_eos=True)
+    outs = llm.generate([[3, 4, 5], [9] * 20], params, use_tqdm=False)
+    assert llm.engine.emit_unfinished  # streaming users of the same engine still get every step
+    assert [len(o.outputs[0].token_ids) for o in outs] == [7, 7]
+    # The same requests streamed step by step end with the same tokens and text.
+    eng = llm.engine
+    for p in ([3, 4, 5], [9] * 20):
+        eng.add_request(p, params)
+    streamed, final = {}, {}
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            streamed.setdefault(o.request_id, []).extend(o.delta_token_ids)
+            if o.finished:
+                final[o.request_id] = o
+    assert sorted(len(v) for v in streamed.values()) == [7, 7]
+    assert sorted(o.outputs[0].token_ids for o in final.values()) == sorted(o.outputs[0].token_ids for o in outs)
+    assert sorted(o.outputs[0].text for o in final.values()) == sorted(o.outputs[0].text for o in outs)
