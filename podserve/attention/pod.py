@@ -18,7 +18,7 @@ import torch
 
 from ..kernels import pod_attention, write_kv
 from .base import AttentionBackend, AttentionMetadata
-from .triton import attend_serial
+from .triton import attend_serial, prefill_context_bound
 
 # Measured on one H100 SXM (benchmarks/attention.py; see docs/benchmarks-attention.md).
 PREFILL_FLOPS = 3.2e14
@@ -78,4 +78,4 @@ class PodAttention(AttentionBackend):
         return pod_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                              meta.cu_seqlens_q, nd, max(meta.query_lens_cpu[nd:]),
                              meta.decode_split_bound, scale, out, policy=self.policy,
-                             max_prefill_seq_len=max(meta.seq_lens_cpu[nd:]))
+                             max_prefill_seq_len=prefill_context_bound(meta))

@@ -5,10 +5,25 @@ be paged or contiguous (block_size = max_ctx, one-column block table).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..kernels import decode_attention, prefill_attention, write_kv
 from .base import AttentionBackend, AttentionMetadata
+
+
+SPLIT_KV_PREFILL = os.environ.get("PODSERVE_SPLIT_PREFILL", "0") == "1"
+"""Let the prefill kernels split a chunk's keys when its row tiles cannot fill the GPU
+(``kernels.prefill.prefill_split_plan``). Off by default until measured on a GPU: the
+kernels pass their tests against the torch reference under Triton's interpreter, but no
+GPU was lent since they were written (benchmarks/attention.py ``--sections split`` is
+the measurement to run). ``PODSERVE_SPLIT_PREFILL=1`` turns it on."""
+
+
+def prefill_context_bound(meta: AttentionMetadata) -> int | None:
+    """The chunks' longest context (the split-KV plan's input), or None when splitting is off."""
+    return max(meta.seq_lens_cpu[meta.num_decodes:]) if SPLIT_KV_PREFILL else None
 
 
 def attend_serial(q: torch.Tensor,  # [num_tokens, num_q_heads, head_dim]
@@ -23,7 +38,7 @@ def attend_serial(q: torch.Tensor,  # [num_tokens, num_q_heads, head_dim]
     if meta.num_prefills:
         prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
                           meta.cu_seqlens_q, nd, max(meta.query_lens_cpu[nd:]), scale, out,
-                          max_seq_len=max(meta.seq_lens_cpu[nd:]))
+                          max_seq_len=prefill_context_bound(meta))
     return out
 
 

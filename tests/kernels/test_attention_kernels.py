@@ -258,6 +258,27 @@ def test_backend_writes_kv_then_attends(backend, shape):
     assert rel_err(out, ref) < TOL
 
 
+@pytest.mark.parametrize("backend", [TritonAttention(), PodAttention(always_fuse=True)])
+def test_backend_with_split_kv_prefill(backend, monkeypatch):
+    import podserve.attention.triton as triton_backend
+    import podserve.kernels.pod as pod_kernel
+    import podserve.kernels.prefill as prefill_kernel
+
+    def plan(num_tiles, max_seq_len, slots, block_n, **kw):
+        length = -(-max_seq_len // (3 * block_n)) * block_n
+        return -(-max_seq_len // length), length
+
+    monkeypatch.setattr(triton_backend, "SPLIT_KV_PREFILL", True)
+    monkeypatch.setattr(prefill_kernel, "prefill_split_plan", plan)
+    monkeypatch.setattr(pod_kernel, "prefill_split_plan", plan)
+    b = make_batch([40, 7], [(300, 20), (0, 9)], 8, 2, 64, 16, DT, DEV)
+    kc, vc = b.k_cache.clone(), b.v_cache.clone()
+    write_kv_ref(b.k, b.v, kc, vc, b.slot_mapping)
+    ref = attention_ref(b.q, kc, vc, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+    out = backend.forward(b.q, b.k, b.v, b.k_cache, b.v_cache, meta_of(b), 64 ** -0.5)
+    assert rel_err(out, ref) < TOL
+
+
 def test_selection_rule_fuses_only_balanced_batches():
     def meta(dec, chunks):  # shape-only metadata: the rule reads host lists alone
         qlens = [1] * len(dec) + [c for _, c in chunks]
