@@ -36,9 +36,13 @@ class IncrementalDetokenizer:
         back. ``flush`` hands them out when the request finishes otherwise."""
         if self._step is not None:
             step = self._step
-            delta = "".join([step(t) for t in token_ids])
+            delta = step(token_ids[0]) if len(token_ids) == 1 else "".join(map(step, token_ids))
             if not delta:
                 return "", False
+            if not self.stop:  # the common case, kept short: it runs per token per request
+                self.text += delta
+                self._emitted = len(self.text)
+                return delta, False
         else:
             self.ids += token_ids
             prefix_text = self._decode(self.ids[self.prefix_offset : self.read_offset])

@@ -138,11 +138,10 @@ class Tokenizer:
                                   skip_special_tokens=skip_special_tokens)
         except (ImportError, TypeError):
             return None
-        backend, fold = self.backend, self._fold
-
-        def step(token_id: int) -> str:
-            return stream.step(backend, fold(token_id)) or ""
-        return step
+        backend, fold, native = self.backend, self._fold, stream.step
+        if type(self)._fold is Tokenizer._fold:  # no id mapping: one call less per token
+            return lambda token_id: native(backend, token_id) or ""
+        return lambda token_id: native(backend, fold(token_id)) or ""
 
     def _fold(self, token_id: int) -> int:
         """The id the backend decodes for ``token_id`` (identity; presets fold into range)."""
