@@ -27,6 +27,10 @@ class IncrementalDetokenizer:
         self._max_stop = max((len(s) for s in stop), default=0)
         make_stream = getattr(tokenizer, "decode_stream", None)
         self._step = make_stream(self.ids) if make_stream is not None else None
+        special = getattr(tokenizer, "special_token_ids", frozenset())
+        fold = getattr(tokenizer, "_fold", None)
+        # Special tokens add no text (skip_special_tokens) and must not widen the window.
+        self._is_special = (lambda t: fold(t) in special) if fold is not None else special.__contains__
 
     def add(self, token_ids: list[int]) -> tuple[str, bool]:
         """Append tokens; return (new text, hit a stop string). Text after a stop is dropped.
@@ -44,6 +48,9 @@ class IncrementalDetokenizer:
                 self._emitted = len(self.text)
                 return delta, False
         else:
+            token_ids = [t for t in token_ids if not self._is_special(t)]
+            if not token_ids:
+                return "", False
             self.ids += token_ids
             prefix_text = self._decode(self.ids[self.prefix_offset : self.read_offset])
             full_text = self._decode(self.ids[self.prefix_offset :])

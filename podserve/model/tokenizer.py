@@ -139,9 +139,23 @@ class Tokenizer:
         except (ImportError, TypeError):
             return None
         backend, fold, native = self.backend, self._fold, stream.step
+        skip = self.special_token_ids if skip_special_tokens else frozenset()
         if type(self)._fold is Tokenizer._fold:  # no id mapping: one call less per token
-            return lambda token_id: native(backend, token_id) or ""
-        return lambda token_id: native(backend, fold(token_id)) or ""
+            return lambda t: "" if t in skip else native(backend, t) or ""
+        return lambda t: "" if fold(t) in skip else native(backend, fold(t)) or ""
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the special tokens (``skip_special_tokens`` drops them from text).
+
+        Incremental decoders skip these ids before decoding: fed to a stream they add no
+        text, so the undecoded window would grow with every one of them (a model repeating
+        an end-of-turn token under ``ignore_eos`` made each step's decode cost O(n))."""
+        ids = self.__dict__.get("_special_ids")
+        if ids is None:
+            ids = frozenset(i for i, t in self.backend.get_added_tokens_decoder().items() if t.special)
+            self.__dict__["_special_ids"] = ids
+        return ids
 
     def _fold(self, token_id: int) -> int:
         """The id the backend decodes for ``token_id`` (identity; presets fold into range)."""

@@ -100,3 +100,15 @@ def test_freeze_heap_is_undone_on_close():
         engine.close()
     assert gc.get_freeze_count() == 0
     engine.close()  # idempotent
+
+
+def test_special_tokens_add_no_text_and_do_not_widen_the_window(tok):
+    specials = sorted(tok.special_token_ids)
+    assert specials, "every tokenizer here has special tokens"
+    words = tok.encode(" one two", add_special_tokens=False)
+    ids = words[:1] + specials * 200 + words[1:]
+    for d in (IncrementalDetokenizer(tok, [], []), fallback(tok, [], [])):
+        assert run(d, ids) == tok.decode(ids) == tok.decode(words)
+    slow = fallback(tok, [], [])
+    run(slow, specials * 500)
+    assert len(slow.ids) == 0  # nothing kept to re-decode on every later token
