@@ -2,11 +2,14 @@
 sampling, scheduler update, detokenization and output building for 128 running decodes.
 
 The forward pass is timed separately and subtracted, so what is left is the per-step Python
-work a GPU engine also pays (the tiny-llama preset keeps the forward short). ``--gc`` picks
-how Python's cyclic garbage collector runs: ``on`` (default thresholds), ``freeze`` (the
-start-up heap frozen, as ``Engine.freeze_heap`` does for servers) or ``off``.
+work a GPU engine also pays (the tiny-llama preset keeps the forward short); with
+``--stub-forward`` it is replaced by zero logits, which also removes the torch threads'
+interference. ``--gc`` picks how Python's cyclic garbage collector runs: ``on`` (default
+thresholds), ``freeze`` (the start-up heap frozen, as ``Engine.freeze_heap`` does for
+servers) or ``off``. ``PYTHONPATH`` may point at another checkout to measure a baseline.
 
     PYTHONPATH=. python3 benchmarks/host_overhead_cpu.py --gc on --gc freeze --repeat 2
+    PYTHONPATH=. python3 benchmarks/host_overhead_cpu.py --gc freeze --stub-forward
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import sys
 import time
 
 
-def measure(mode: str, steps: int, batch: int) -> dict:
+def measure(mode: str, steps: int, batch: int, stub: bool) -> dict:
     from podserve.engine.llm import LLM
     from podserve.request import SamplingParams
 
@@ -31,7 +34,8 @@ def measure(mode: str, steps: int, batch: int) -> dict:
     for _ in range(3):  # prefill, then decodes only
         eng.step()
     if mode == "freeze":
-        eng.freeze_heap()
+        gc.collect()  # what Engine.freeze_heap does (spelled out: older checkouts lack it)
+        gc.freeze()
     elif mode == "off":
         gc.disable()
     runner = eng.runner
@@ -40,7 +44,12 @@ def measure(mode: str, steps: int, batch: int) -> dict:
 
     def timed(inputs, all_rows=False):
         t = time.perf_counter()
-        out = inner(inputs, all_rows)
+        if stub:
+            import torch
+
+            out = torch.zeros(len(inputs.sample_rows), eng.model_config.vocab_size)
+        else:
+            out = inner(inputs, all_rows)
         forward_s[0] += time.perf_counter() - t
         return out
     runner._forward_logits = timed
@@ -52,7 +61,7 @@ def measure(mode: str, steps: int, batch: int) -> dict:
         host.append(time.perf_counter() - t - forward_s[0])
     host.sort()
     ms = [h * 1e3 for h in host]
-    return dict(gc=mode, batch=batch, steps=steps, median_ms=statistics.median(ms),
+    return dict(gc=mode, stub_forward=stub, batch=batch, steps=steps, median_ms=statistics.median(ms),
                 mean_ms=statistics.mean(ms), p99_ms=ms[int(0.99 * len(ms))], max_ms=ms[-1],
                 steps_over_20ms=sum(m > 20 for m in ms))
 
@@ -63,15 +72,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=1, help="runs per mode, alternating, each in a fresh process")
+    ap.add_argument("--stub-forward", action="store_true", help="zero logits instead of the model")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.steps, a.batch)))
+        print(json.dumps(measure(a.child, a.steps, a.batch, a.stub_forward)))
         return
     for _ in range(a.repeat):
         for mode in a.gc or ["on", "freeze"]:
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(a.steps),
-                                  "--batch", str(a.batch)], capture_output=True, text=True, check=True)
+            cmd = [sys.executable, __file__, "--child", mode, "--steps", str(a.steps), "--batch", str(a.batch)]
+            out = subprocess.run(cmd + (["--stub-forward"] if a.stub_forward else []),
+                                 capture_output=True, text=True, check=True)
             print(out.stdout.strip().splitlines()[-1], flush=True)
 
 
