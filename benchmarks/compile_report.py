@@ -35,7 +35,7 @@ def _signature(fn, dtype: str, ints: set[str], floats: set[str], constexprs: dic
             sig[name] = "i32"
         elif name in ("block_tables", "seq_lens", "cu_seqlens_q", "counters", "split_counters"):
             sig[name] = "*i32"
-        elif name in ("part_o", "part_lse"):
+        elif name in ("part_o", "part_lse", "part_o_p", "part_lse_p"):
             sig[name] = "*fp32"
         else:
             sig[name] = f"*{dtype}"
@@ -48,7 +48,7 @@ def compile_one(fn, constexprs: dict, num_warps: int, num_stages: int, dtype: st
     params = inspect.signature(fn.fn).parameters
     ints = {n for n in params if n.startswith(("stride", "num_", "first_", "split_len",
                                                "ratio", "bt_stride", "block_size",
-                                               "max_splits"))}
+                                               "max_splits", "p_split"))}
     sig = _signature(fn, dtype, ints, {"qk_scale"}, constexprs)
     # What a real launch specialises: pointers 16-byte aligned, strides divisible by 16
     # (without it no vectorised loads and no cp.async pipelining).
@@ -88,13 +88,16 @@ def occupancy(regs: int, smem: int, warps: int) -> int:
 
 
 def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
+    """Each kernel as the engine launches it; prefill and POD also with split-KV prefill."""
     rows = []
     pc = prefill_config(head_dim)
-    k = compile_one(_prefill_kernel, dict(GQA=gqa, HEAD_DIM=head_dim, BLOCK_M=pc["BLOCK_M"],
-                                          BLOCK_N=pc["BLOCK_N"],
-                                          PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0),
-                    pc["num_warps"], pc["num_stages"], dtype, block_size)
-    rows.append(("prefill", pc["num_warps"], k))
+    for split in (False, True):
+        k = compile_one(_prefill_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, HEAD_DIM=head_dim,
+                                              BLOCK_M=pc["BLOCK_M"], BLOCK_N=pc["BLOCK_N"],
+                                              PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0,
+                                              SPLIT=split),
+                        pc["num_warps"], pc["num_stages"], dtype, block_size)
+        rows.append(("prefill" + (" split-KV" if split else ""), pc["num_warps"], k))
     dc = decode_config(head_dim)
     g_pad = max(16, triton.next_power_of_2(gqa))
     k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=g_pad,
@@ -104,14 +107,15 @@ def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
                     dc["num_warps"], dc["num_stages"], dtype, block_size)
     rows.append(("decode", dc["num_warps"], k))
     oc = pod_config(head_dim)
-    k = compile_one(_pod_kernel, dict(
-        NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa, G_PAD=g_pad,
-        HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
-        BLOCK_N_D=oc["BLOCK_N_D"],
-        ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
-        NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=True), oc["num_warps"], oc["num_stages"], dtype,
-        block_size, oc.get("maxnreg"))
-    rows.append(("pod", oc["num_warps"], k))
+    for split_p in (False, True):
+        k = compile_one(_pod_kernel, dict(
+            NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa, G_PAD=g_pad,
+            HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
+            BLOCK_N_D=oc["BLOCK_N_D"],
+            ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
+            NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=True, SPLIT_P=split_p),
+            oc["num_warps"], oc["num_stages"], dtype, block_size, oc.get("maxnreg"))
+        rows.append(("pod" + (" split-KV prefill" if split_p else ""), oc["num_warps"], k))
     out = []
     for name, warps, k in rows:
         regs, spills = resources(k)

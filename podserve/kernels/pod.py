@@ -146,7 +146,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, part_o_p, part_lse_p, k_cache, v
                     tl.atomic_xchg(ctr, 0)
                     combine_rows(o_ptr, part_o_p, part_lse_p, seq_lens, cu_seqlens_q, seq,
                                  m_tile, head, p_split_len, p_splits, stride_ot, stride_oh,
-                                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, ".cg")
+                                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, 8, ".cg")
     else:
         # Decode tile id -> (sequence, KV head, split), splits fastest.
         split = tile % max_splits

@@ -80,7 +80,7 @@ def _prefill_combine_kernel(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, fir
                             BLOCK_M: tl.constexpr):
     combine_rows(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, first_seq + tl.program_id(2),
                  tl.program_id(1), tl.program_id(0), split_len, num_splits, stride_ot, stride_oh,
-                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, "")
+                 NUM_Q_HEADS, HEAD_DIM, BLOCK_M, BLOCK_M, "")
 
 
 def prefill_attention(

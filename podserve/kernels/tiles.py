@@ -106,16 +106,18 @@ def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
     q_start = tl.load(cu_seqlens_q + seq)
     q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
     m0 = m_tile * BLOCK_M
-    kv_len = tl.load(seq_lens + seq)
-    prefix = kv_len - q_len
-    hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)  # keys any row of the tile sees
-    lo = 0
-    if SPLIT:
-        lo = split * split_len
-        hi = tl.minimum(hi, lo + split_len)
+    run = m0 < q_len
+    if SPLIT:  # and the split holds keys some row of the tile sees
+        kv_end = tl.load(seq_lens + seq)
+        run = run & (split * split_len < tl.minimum(kv_end - q_len + m0 + BLOCK_M, kv_end))
     ran = 0
-    if (m0 < q_len) & (lo < hi):
+    if run:
         ran = 1
+        # The unsplit path is kept exactly as it was before split-KV existed: bounds computed
+        # where they are used, so no extra value stays live across the key loop (one more
+        # made the compiler spill; benchmarks/compile_report.py).
+        kv_len = tl.load(seq_lens + seq)
+        prefix = kv_len - q_len
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         mask_m = offs_m < q_len
@@ -128,17 +130,32 @@ def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         # Keys before full_end are visible to every row of the tile: no mask.
-        full_end = tl.minimum(((prefix + m0) // BLOCK_N) * BLOCK_N, hi)
-        for n0 in range(lo, full_end, BLOCK_N):
-            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
-                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
-        for n0 in range(tl.maximum(full_end, lo), hi, BLOCK_N):
-            acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
-                                        seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
-                                        stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+        full_end = ((prefix + m0) // BLOCK_N) * BLOCK_N
+        if SPLIT:
+            lo = split * split_len
+            for n0 in range(lo, tl.minimum(full_end, lo + split_len), BLOCK_N):
+                acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                            seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                            stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+            hi = tl.minimum(tl.minimum(prefix + m0 + BLOCK_M, kv_len), lo + split_len)
+            for n0 in range(tl.maximum(full_end, lo), hi, BLOCK_N):
+                acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                            seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                            stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+        else:
+            for n0 in range(0, full_end, BLOCK_N):
+                acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                            seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                            stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+            hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)
+            for n0 in range(full_end, hi, BLOCK_N):
+                acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
+                                            seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
+                                            stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
+                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
         if SPLIT:
             seen = l_i > 0.0  # rows before the split's first key see none of it
             out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -168,43 +185,46 @@ def prefill_tile_splits(seq_lens, cu_seqlens_q, seq, m_tile, split_len, BLOCK_M:
 def combine_rows(o_ptr, part_o, part_lse, seq_lens, cu_seqlens_q, seq, m_tile, head,
                  split_len, max_splits, stride_ot, stride_oh,
                  NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                 CACHE: tl.constexpr):
+                 SUB_M: tl.constexpr, CACHE: tl.constexpr):
     """Merge the split partials of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``.
 
     Row ``i`` (position ``prefix + i``) has keys in splits ``0..(prefix+i)//split_len``;
-    later splits are not read for it. Online merge in base 2 over the splits.
-    ``CACHE``: load cache modifier (``.cg`` for partials of the same launch).
+    later splits are not read for it. Online merge in base 2 over the splits, ``SUB_M``
+    rows at a time (inside the register-capped POD kernel a whole 64-row fp32 tile
+    would spill). ``CACHE``: load cache modifier (``.cg`` for partials of the same launch).
     """
     q_start = tl.load(cu_seqlens_q + seq)
     q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
-    m0 = m_tile * BLOCK_M
-    if m0 < q_len:
-        kv_len = tl.load(seq_lens + seq)
-        prefix = kv_len - q_len
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        mask_m = offs_m < q_len
-        tok = (q_start + offs_m).to(tl.int64)
-        row_splits = (prefix + offs_m) // split_len + 1  # [BLOCK_M]
-        n_splits = tl.cdiv(tl.minimum(prefix + m0 + BLOCK_M, kv_len), split_len)
-        base = (tok * NUM_Q_HEADS + head) * max_splits  # [BLOCK_M]
-        m = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
-        den = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        for s in range(0, n_splits):
-            valid = mask_m & (s < row_splits)
-            lse = tl.load(part_lse + base + s, mask=valid, other=NEG_BIG, cache_modifier=CACHE)
-            o = tl.load(part_o + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
-                        mask=valid[:, None], other=0.0, cache_modifier=CACHE)  # [BLOCK_M, D]
-            m_new = tl.maximum(m, lse)
-            alpha = tl.math.exp2(m - m_new)
-            w = tl.where(valid, tl.math.exp2(lse - m_new), 0.0)
-            acc = acc * alpha[:, None] + o * w[:, None]
-            den = den * alpha + w
-            m = m_new
-        out = acc / tl.maximum(den, 1e-30)[:, None]
-        tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
+    kv_len = tl.load(seq_lens + seq)
+    prefix = kv_len - q_len
+    offs_d = tl.arange(0, HEAD_DIM)
+    for sub in tl.static_range(BLOCK_M // SUB_M):
+        m0 = m_tile * BLOCK_M + sub * SUB_M
+        if m0 < q_len:
+            offs_m = m0 + tl.arange(0, SUB_M)
+            mask_m = offs_m < q_len
+            tok = (q_start + offs_m).to(tl.int64)
+            row_splits = (prefix + offs_m) // split_len + 1  # [SUB_M]
+            n_splits = tl.cdiv(tl.minimum(prefix + m0 + SUB_M, kv_len), split_len)
+            base = (tok * NUM_Q_HEADS + head) * max_splits  # [SUB_M]
+            m = tl.full([SUB_M], NEG_BIG, dtype=tl.float32)
+            den = tl.zeros([SUB_M], dtype=tl.float32)
+            acc = tl.zeros([SUB_M, HEAD_DIM], dtype=tl.float32)
+            for s in range(0, n_splits):
+                valid = mask_m & (s < row_splits)
+                lse = tl.load(part_lse + base + s, mask=valid, other=NEG_BIG,
+                              cache_modifier=CACHE)
+                o = tl.load(part_o + (base + s)[:, None] * HEAD_DIM + offs_d[None, :],
+                            mask=valid[:, None], other=0.0, cache_modifier=CACHE)  # [SUB_M, D]
+                m_new = tl.maximum(m, lse)
+                alpha = tl.math.exp2(m - m_new)
+                w = tl.where(valid, tl.math.exp2(lse - m_new), 0.0)
+                acc = acc * alpha[:, None] + o * w[:, None]
+                den = den * alpha + w
+                m = m_new
+            out = acc / tl.maximum(den, 1e-30)[:, None]
+            tl.store(o_ptr + tok[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None])
 
 
 @triton.jit
