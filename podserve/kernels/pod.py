@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .prefill import PARTIAL_BYTES_CAP, prefill_split_plan
+from .prefill import resolve_prefill_splits
 from .tiles import combine_head, combine_rows, decode_tile, prefill_tile, prefill_tile_splits
 from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
 
@@ -280,21 +280,10 @@ def pod_attention(
         split_len = triton.cdiv(triton.cdiv(max_decode_seq_len, num_splits), bnd) * bnd
         num_splits = triton.cdiv(max_decode_seq_len, split_len)
     num_d_tiles = num_decodes * num_kv_heads * num_splits
-    p_splits, p_split_len = 1, 1
-    if max_prefill_seq_len is not None and (prefill_splits is None or prefill_splits > 1):
-        bnp = cfg["BLOCK_N_P"]
-        if prefill_splits is None:
-            # Tickets give the prefill role about half of each SM's resident programs.
-            slots = sms * cfg.get("programs_per_sm", 4) // 2
-            p_splits, p_split_len = prefill_split_plan(num_p_tiles, max_prefill_seq_len, slots, bnp)
-            partial_bytes = (num_tokens - num_decodes) * num_q_heads * p_splits * (head_dim + 1) * 4
-            if partial_bytes > PARTIAL_BYTES_CAP:
-                p_splits, p_split_len = 1, 1
-        else:
-            p_split_len = triton.cdiv(triton.cdiv(max_prefill_seq_len, prefill_splits), bnp) * bnp
-            p_splits = triton.cdiv(max_prefill_seq_len, p_split_len)
-    elif prefill_splits is not None and prefill_splits > 1:
-        raise ValueError("prefill_splits needs max_prefill_seq_len")
+    # Tickets give the prefill role about half of each SM's resident programs.
+    p_splits, p_split_len = resolve_prefill_splits(
+        num_p_tiles, max_prefill_seq_len, prefill_splits, sms * cfg.get("programs_per_sm", 4) // 2,
+        cfg["BLOCK_N_P"], num_tokens - num_decodes, num_q_heads, head_dim)
     num_p_tiles *= p_splits
     gqa = num_q_heads // num_kv_heads
     scale = head_dim ** -0.5 if scale is None else scale

@@ -51,6 +51,26 @@ def prefill_split_plan(num_tiles: int, max_seq_len: int, slots: int, block_n: in
     return best[1], best[2]
 
 
+def resolve_prefill_splits(num_tiles: int, max_seq_len: int | None, num_splits: int | None,
+                           slots: int, block_n: int, partial_rows: int, num_q_heads: int,
+                           head_dim: int) -> tuple[int, int]:
+    """(splits, split_len) for a launch: 1 without ``max_seq_len``; ``num_splits`` if
+    forced; else ``prefill_split_plan`` unless its partials ([partial_rows, Hq, splits,
+    D + 1] float32) would exceed ``PARTIAL_BYTES_CAP``. ``split_len`` is a multiple of
+    ``block_n`` (1 when unsplit)."""
+    if max_seq_len is None:
+        if num_splits is not None and num_splits > 1:
+            raise ValueError("a forced prefill split count needs the chunks' context length")
+        return 1, 1
+    if num_splits is not None:
+        split_len = triton.cdiv(triton.cdiv(max_seq_len, max(1, num_splits)), block_n) * block_n
+        return triton.cdiv(max_seq_len, split_len), split_len
+    splits, split_len = prefill_split_plan(num_tiles, max_seq_len, slots, block_n)
+    if splits == 1 or partial_rows * num_q_heads * splits * (head_dim + 1) * 4 > PARTIAL_BYTES_CAP:
+        return 1, 1
+    return splits, split_len
+
+
 @triton.jit(do_not_specialize=["first_seq", "num_m_tiles", "split_len", "num_splits", "bt_stride"])
 def _prefill_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens,
                     cu_seqlens_q, first_seq, num_m_tiles, split_len, num_splits,
@@ -129,19 +149,9 @@ def prefill_attention(
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     num_m_tiles = triton.cdiv(max_query_len, bm)
     num_tiles = num_q_heads * num_m_tiles * num_prefills
-    splits, split_len = 1, 0
-    if num_splits is not None and num_splits > 1 and max_seq_len is None:
-        raise ValueError("num_splits needs max_seq_len")
-    if max_seq_len is not None and (num_splits is None or num_splits > 1):
-        if num_splits is None:
-            slots = device_sms(q) * cfg.get("programs_per_sm", 1)
-            splits, split_len = prefill_split_plan(num_tiles, max_seq_len, slots, bn)
-        else:
-            split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), bn) * bn
-            splits = triton.cdiv(max_seq_len, split_len)
-        partial_bytes = (num_tokens - num_decodes) * num_q_heads * splits * (head_dim + 1) * 4
-        if splits > 1 and partial_bytes > PARTIAL_BYTES_CAP and num_splits is None:
-            splits, split_len = 1, 0
+    splits, split_len = resolve_prefill_splits(
+        num_tiles, max_seq_len, num_splits, device_sms(q) * cfg.get("programs_per_sm", 1), bn,
+        num_tokens - num_decodes, num_q_heads, head_dim)
     scale = head_dim ** -0.5 if scale is None else scale
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("maxnreg") and not interpreting():
@@ -156,7 +166,7 @@ def prefill_attention(
         part_o = part_lse = out  # unused
     _prefill_kernel[(num_q_heads, num_m_tiles * splits, num_prefills)](
         q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
-        num_decodes, num_m_tiles, max(split_len, 1), splits,
+        num_decodes, num_m_tiles, split_len, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,

@@ -122,7 +122,7 @@ def test_prefill_split_kv_matches_reference(block_size, num_splits):
 
 def test_prefill_split_needs_context_length():
     b = make_batch([], [(40, 8)], 4, 2, 64, 16, DT, DEV)
-    with pytest.raises(ValueError, match="max_seq_len"):
+    with pytest.raises(ValueError, match="context length"):
         prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
                           0, b.max_query_len, num_splits=2)
 
@@ -261,7 +261,6 @@ def test_backend_writes_kv_then_attends(backend, shape):
 @pytest.mark.parametrize("backend", [TritonAttention(), PodAttention(always_fuse=True)])
 def test_backend_with_split_kv_prefill(backend, monkeypatch):
     import podserve.attention.triton as triton_backend
-    import podserve.kernels.pod as pod_kernel
     import podserve.kernels.prefill as prefill_kernel
 
     def plan(num_tiles, max_seq_len, slots, block_n, **kw):
@@ -269,8 +268,7 @@ def test_backend_with_split_kv_prefill(backend, monkeypatch):
         return -(-max_seq_len // length), length
 
     monkeypatch.setattr(triton_backend, "SPLIT_KV_PREFILL", True)
-    monkeypatch.setattr(prefill_kernel, "prefill_split_plan", plan)
-    monkeypatch.setattr(pod_kernel, "prefill_split_plan", plan)
+    monkeypatch.setattr(prefill_kernel, "prefill_split_plan", plan)  # POD plans through it too
     b = make_batch([40, 7], [(300, 20), (0, 9)], 8, 2, 64, 16, DT, DEV)
     kc, vc = b.k_cache.clone(), b.v_cache.clone()
     write_kv_ref(b.k, b.v, kc, vc, b.slot_mapping)
