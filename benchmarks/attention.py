@@ -461,7 +461,7 @@ def run_split_section(cfgs, block_size, dtype, device, dry, save=lambda rows: No
         rows.append(row)
         save(rows)
         print("split", json.dumps(row), flush=True)
-        del x
+        x = None  # free this configuration's caches (the closures above hold the name)
         torch.cuda.empty_cache() if not dry else None
     return rows
 

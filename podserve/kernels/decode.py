@@ -4,7 +4,8 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_head, decode_tile
-from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
+from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
+                    split_partials, split_plan)
 
 
 def decode_config(head_dim: int) -> dict:
@@ -87,13 +88,7 @@ def decode_attention(
         num_splits = triton.cdiv(max_seq_len, split_len)
     gqa = num_q_heads // num_kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
-    if num_splits > 1:
-        part_o = torch.empty(num_decodes, num_q_heads, num_splits, head_dim,
-                             device=q.device, dtype=torch.float32)
-        part_lse = torch.empty(num_decodes, num_q_heads, num_splits,
-                               device=q.device, dtype=torch.float32)
-    else:
-        part_o = part_lse = out  # unused when DIRECT
+    part_o, part_lse = split_partials(num_decodes, num_q_heads, num_splits, head_dim, out)
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("maxnreg") and not interpreting():
         kw["maxnreg"] = cfg["maxnreg"]

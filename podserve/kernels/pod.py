@@ -39,7 +39,8 @@ import triton.language as tl
 
 from .prefill import resolve_prefill_splits
 from .tiles import combine_head, combine_rows, decode_tile, prefill_tile, prefill_tile_splits
-from .utils import LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2, split_plan
+from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
+                    split_partials, split_plan)
 
 
 def pod_config(head_dim: int) -> dict:
@@ -291,20 +292,8 @@ def pod_attention(
     counters = ws.counters(q.device, 3 * sms + 3)
     split_ctr = ws.split_counters(q.device, num_decodes * num_kv_heads
                                   + (num_p_tiles // p_splits if p_splits > 1 else 0))
-    if num_splits > 1:
-        part_o = torch.empty(num_decodes, num_q_heads, num_splits, head_dim,
-                             device=q.device, dtype=torch.float32)
-        part_lse = torch.empty(num_decodes, num_q_heads, num_splits,
-                               device=q.device, dtype=torch.float32)
-    else:
-        part_o = part_lse = out
-    if p_splits > 1:
-        part_o_p = torch.empty(num_tokens, num_q_heads, p_splits, head_dim,
-                               device=q.device, dtype=torch.float32)
-        part_lse_p = torch.empty(num_tokens, num_q_heads, p_splits,
-                                 device=q.device, dtype=torch.float32)
-    else:
-        part_o_p = part_lse_p = out
+    part_o, part_lse = split_partials(num_decodes, num_q_heads, num_splits, head_dim, out)
+    part_o_p, part_lse_p = split_partials(num_tokens, num_q_heads, p_splits, head_dim, out)  # token rows
     ratio_p, ratio_total = pod_ratio(num_p_tiles, num_d_tiles, policy)
     interp = interpreting()
     kw = {} if interp else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

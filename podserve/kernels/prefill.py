@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_rows, prefill_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting
+from .utils import LOG2E, check_cache, device_sms, interpreting, split_partials
 
 PARTIAL_BYTES_CAP = 128 << 20
 """Largest float32 partial-output buffer a split-KV prefill plans for itself (bytes)."""
@@ -156,14 +156,8 @@ def prefill_attention(
     kw = {} if interpreting() else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if cfg.get("maxnreg") and not interpreting():
         kw["maxnreg"] = cfg["maxnreg"]
-    if splits > 1:
-        # Indexed by token row, so decode rows' slots go unused: [num_tokens, Hq, splits, D].
-        part_o = torch.empty(num_tokens, num_q_heads, splits, head_dim, device=q.device,
-                             dtype=torch.float32)
-        part_lse = torch.empty(num_tokens, num_q_heads, splits, device=q.device,
-                               dtype=torch.float32)
-    else:
-        part_o = part_lse = out  # unused
+    # Indexed by token row, so decode rows' slots go unused: [num_tokens, Hq, splits, D].
+    part_o, part_lse = split_partials(num_tokens, num_q_heads, splits, head_dim, out)
     _prefill_kernel[(num_q_heads, num_m_tiles * splits, num_prefills)](
         q, out, part_o, part_lse, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         num_decodes, num_m_tiles, split_len, splits,

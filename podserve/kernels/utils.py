@@ -33,6 +33,17 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
+def split_partials(rows: int, num_q_heads: int, splits: int, head_dim: int,
+                   out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 buffers for split partials: outputs [rows, Hq, splits, D] and base-2
+    log-sum-exps [rows, Hq, splits]; with one split the kernels write ``out`` directly
+    and take ``out`` as a placeholder for both."""
+    if splits <= 1:
+        return out, out
+    return (torch.empty(rows, num_q_heads, splits, head_dim, device=out.device, dtype=torch.float32),
+            torch.empty(rows, num_q_heads, splits, device=out.device, dtype=torch.float32))
+
+
 def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """Cache tensors must be [num_blocks, block_size, num_kv_heads, head_dim] with rows packed."""
     for c in (k_cache, v_cache):
