@@ -653,25 +653,11 @@ def pick_pod_config(rows) -> dict | None:
 def pod_resources(cfg: dict) -> dict:
     """Registers, spills, shared memory and programs/SM of the POD kernel for ``cfg``."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import triton
-    from compile_report import ASTSource, GPUTarget, _signature, occupancy, resources
+    from compile_report import compile_one, occupancy, pod_constexprs, resources
     from podserve.kernels.pod import _pod_kernel
-    import inspect
-    params = inspect.signature(_pod_kernel.fn).parameters
-    ints = {n for n in params if n.startswith(("stride", "num_", "split_len", "ratio",
-                                               "bt_stride", "block_size", "max_splits"))}
-    cex = dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=4, G_PAD=16,
-               HEAD_DIM=128, BLOCK_M=cfg["BLOCK_M"], BLOCK_N_P=cfg["BLOCK_N_P"],
-               BLOCK_N_D=cfg["BLOCK_N_D"], ALIGNED_P=False, ALIGNED_D=False, NUM_SMS=132,
-               CTR_PAD=256, INTERPRET=False, OCCUPANCY=True)
-    sig = _signature(_pod_kernel, "bf16", ints, {"qk_scale"}, cex)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(sig)
-             if sig[n].startswith("*") or n.startswith("stride") or n == "bt_stride"}
-    opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if cfg.get("maxnreg"):
-        opts["maxnreg"] = cfg["maxnreg"]
-    k = triton.compile(ASTSource(_pod_kernel, sig, constexprs=cex, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=opts)
+
+    k = compile_one(_pod_kernel, pod_constexprs(cfg, HEAD_DIM, 4, 16, occupancy_policy=True),
+                    cfg["num_warps"], cfg["num_stages"], "bf16", 16, cfg.get("maxnreg"))
     regs, spill = resources(k)
     return dict(regs=regs, spill_or_stack=spill, shared=k.metadata.shared,
                 programs_per_sm=occupancy(regs, k.metadata.shared, cfg["num_warps"]))

@@ -20,6 +20,7 @@ from triton.compiler import ASTSource
 from podserve.kernels.decode import _decode_kernel, decode_config
 from podserve.kernels.pod import _pod_kernel, pod_config
 from podserve.kernels.prefill import _prefill_kernel, prefill_config
+from podserve.kernels.utils import page_mode
 
 H100 = dict(regs=65536, smem=228 * 1024, threads=2048, programs=32)
 
@@ -87,34 +88,47 @@ def occupancy(regs: int, smem: int, warps: int) -> int:
     return min(by_regs, by_smem, H100["threads"] // threads, H100["programs"])
 
 
+def prefill_constexprs(head_dim: int, gqa: int, block_size: int, split: bool = False) -> dict:
+    """The standalone prefill kernel's constexprs as a launch for Llama-3-8B-like heads sets them."""
+    pc = prefill_config(head_dim)
+    return dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, HEAD_DIM=head_dim, BLOCK_M=pc["BLOCK_M"],
+                BLOCK_N=pc["BLOCK_N"], PAGE=page_mode(block_size, pc["BLOCK_N"]), SPLIT=split)
+
+
+def decode_constexprs(head_dim: int, gqa: int, block_size: int) -> dict:
+    dc = decode_config(head_dim)
+    return dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=max(16, triton.next_power_of_2(gqa)),
+                HEAD_DIM=head_dim, BLOCK_N=dc["BLOCK_N"], PAGE=page_mode(block_size, dc["BLOCK_N"]),
+                DIRECT=False)
+
+
+def pod_constexprs(cfg: dict, head_dim: int, gqa: int, block_size: int, split_p: bool = False,
+                   occupancy_policy: bool = False) -> dict:
+    """The POD kernel's constexprs for tile config ``cfg`` (``pod_config`` or a tuned one)."""
+    return dict(NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa,
+                G_PAD=max(16, triton.next_power_of_2(gqa)), HEAD_DIM=head_dim,
+                BLOCK_M=cfg["BLOCK_M"], BLOCK_N_P=cfg["BLOCK_N_P"], BLOCK_N_D=cfg["BLOCK_N_D"],
+                PAGE_P=page_mode(block_size, cfg["BLOCK_N_P"]),
+                PAGE_D=page_mode(block_size, cfg["BLOCK_N_D"]), NUM_SMS=132, CTR_PAD=256,
+                INTERPRET=False, OCCUPANCY=occupancy_policy, SPLIT_P=split_p)
+
+
 def report(head_dim: int, gqa: int, block_size: int, dtype: str) -> list[dict]:
     """Each kernel as the engine launches it; prefill and POD also with split-KV prefill."""
     rows = []
     pc = prefill_config(head_dim)
     for split in (False, True):
-        k = compile_one(_prefill_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, HEAD_DIM=head_dim,
-                                              BLOCK_M=pc["BLOCK_M"], BLOCK_N=pc["BLOCK_N"],
-                                              PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0,
-                                              SPLIT=split),
+        k = compile_one(_prefill_kernel, prefill_constexprs(head_dim, gqa, block_size, split),
                         pc["num_warps"], pc["num_stages"], dtype, block_size)
         rows.append(("prefill" + (" split-KV" if split else ""), pc["num_warps"], k))
     dc = decode_config(head_dim)
-    g_pad = max(16, triton.next_power_of_2(gqa))
-    k = compile_one(_decode_kernel, dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=g_pad,
-                                         HEAD_DIM=head_dim, BLOCK_N=dc["BLOCK_N"],
-                                         PAGE_ALIGNED=block_size % dc["BLOCK_N"] == 0,
-                                         DIRECT=False),
+    k = compile_one(_decode_kernel, decode_constexprs(head_dim, gqa, block_size),
                     dc["num_warps"], dc["num_stages"], dtype, block_size)
     rows.append(("decode", dc["num_warps"], k))
     oc = pod_config(head_dim)
     for split_p in (False, True):
-        k = compile_one(_pod_kernel, dict(
-            NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa, G_PAD=g_pad,
-            HEAD_DIM=head_dim, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"],
-            BLOCK_N_D=oc["BLOCK_N_D"],
-            ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
-            NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=True, SPLIT_P=split_p),
-            oc["num_warps"], oc["num_stages"], dtype, block_size, oc.get("maxnreg"))
+        k = compile_one(_pod_kernel, pod_constexprs(oc, head_dim, gqa, block_size, split_p, True),
+                        oc["num_warps"], oc["num_stages"], dtype, block_size, oc.get("maxnreg"))
         rows.append(("pod" + (" split-KV prefill" if split_p else ""), oc["num_warps"], k))
     out = []
     for name, warps, k in rows:

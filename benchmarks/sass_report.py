@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import inspect
 import json
 import os
 import re
@@ -77,27 +76,16 @@ def analyse(kernel, rows: int | None, keys: int | None) -> dict:
 def kernels(gqa: int = 4, block_size: int = 16) -> dict:
     """The kernels as the engine launches them for Llama-3-8B (32/8 heads, D=128, bf16)."""
     out = {}
-    pc = prefill_config(128)
-    extra = {"NUM_Q_HEADS": 8 * gqa, "SPLIT": False}
-    params = inspect.signature(_prefill_kernel.fn).parameters
-    c = dict(GQA=gqa, HEAD_DIM=128, BLOCK_M=pc["BLOCK_M"], BLOCK_N=pc["BLOCK_N"],
-             PAGE_ALIGNED=block_size % pc["BLOCK_N"] == 0, **{k: v for k, v in extra.items() if k in params})
-    k = cr.compile_one(_prefill_kernel, c, pc["num_warps"], pc["num_stages"], "bf16", block_size)
+    pc, dc, oc = prefill_config(128), decode_config(128), pod_config(128)
+    k = cr.compile_one(_prefill_kernel, cr.prefill_constexprs(128, gqa, block_size),
+                       pc["num_warps"], pc["num_stages"], "bf16", block_size)
     out["prefill (128x128, 8 warps)"] = (k, pc["BLOCK_M"] // (pc["num_warps"] // 4), pc["BLOCK_N"])
-    dc = decode_config(128)
-    c = dict(NUM_Q_HEADS=8 * gqa, GQA=gqa, G_PAD=16, HEAD_DIM=128, BLOCK_N=dc["BLOCK_N"],
-             PAGE_ALIGNED=block_size % dc["BLOCK_N"] == 0, DIRECT=False)
-    out["decode (16-row GQA tile x 64 keys, 4 warps)"] = (
-        cr.compile_one(_decode_kernel, c, dc["num_warps"], dc["num_stages"], "bf16", block_size), None, None)
-    oc = pod_config(128)
-    params = inspect.signature(_pod_kernel.fn).parameters
-    c = dict(NUM_Q_HEADS=8 * gqa, NUM_KV_HEADS=8, SPLIT=True, SPLITS_BLOCK=16, GQA=gqa, G_PAD=16,
-             HEAD_DIM=128, BLOCK_M=oc["BLOCK_M"], BLOCK_N_P=oc["BLOCK_N_P"], BLOCK_N_D=oc["BLOCK_N_D"],
-             ALIGNED_P=block_size % oc["BLOCK_N_P"] == 0, ALIGNED_D=block_size % oc["BLOCK_N_D"] == 0,
-             NUM_SMS=132, CTR_PAD=256, INTERPRET=False, OCCUPANCY=False,
-             **({"SPLIT_P": False} if "SPLIT_P" in params else {}))
+    k = cr.compile_one(_decode_kernel, cr.decode_constexprs(128, gqa, block_size),
+                       dc["num_warps"], dc["num_stages"], "bf16", block_size)
+    out["decode (16-row GQA tile x 64 keys, 4 warps)"] = (k, None, None)
     for cap in (oc.get("maxnreg"), None):
-        k = cr.compile_one(_pod_kernel, c, oc["num_warps"], oc["num_stages"], "bf16", block_size, cap)
+        k = cr.compile_one(_pod_kernel, cr.pod_constexprs(oc, 128, gqa, block_size),
+                           oc["num_warps"], oc["num_stages"], "bf16", block_size, cap)
         name = f"POD (64x32 prefill, 4 warps, {'cap ' + str(cap) if cap else 'uncapped'})"
         out[name] = (k, oc["BLOCK_M"], oc["BLOCK_N_P"])
     return out

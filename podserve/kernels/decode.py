@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_head, decode_tile
-from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
+from .utils import (LOG2E, page_mode, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
                     split_partials, split_plan)
 
 
@@ -22,7 +22,7 @@ def _decode_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_table
                    stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                    stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                    NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                    DIRECT: tl.constexpr):
     # Grid (num_splits, num_kv_heads, num_decodes): the splits of one sequence run
     # side by side, each reading a disjoint KV range.
@@ -33,7 +33,7 @@ def _decode_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_table
                 cu_seqlens_q, seq, kvh, split, split_len, max_splits,
                 stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N, PAGE_ALIGNED, DIRECT)
+                NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N, PAGE, DIRECT)
 
 
 @triton.jit(do_not_specialize=["split_len", "max_splits"])
@@ -99,7 +99,7 @@ def decode_attention(
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
         NUM_Q_HEADS=num_q_heads, GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
-        HEAD_DIM=head_dim, BLOCK_N=bn, PAGE_ALIGNED=block_size % bn == 0,
+        HEAD_DIM=head_dim, BLOCK_N=bn, PAGE=page_mode(block_size, bn),
         DIRECT=num_splits == 1, **kw)
     if num_splits > 1:
         _combine_kernel[(num_q_heads, num_decodes)](

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .prefill import resolve_prefill_splits
 from .tiles import combine_head, combine_rows, decode_tile, prefill_tile, prefill_tile_splits
-from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
+from .utils import (LOG2E, page_mode, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
                     split_partials, split_plan)
 
 
@@ -82,7 +82,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, part_o_p, part_lse_p, k_cache, v
                 NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, SPLIT: tl.constexpr,
                 SPLITS_BLOCK: tl.constexpr, GQA: tl.constexpr, G_PAD: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_P: tl.constexpr,
-                BLOCK_N_D: tl.constexpr, ALIGNED_P: tl.constexpr, ALIGNED_D: tl.constexpr,
+                BLOCK_N_D: tl.constexpr, PAGE_P: tl.constexpr, PAGE_D: tl.constexpr,
                 NUM_SMS: tl.constexpr, CTR_PAD: tl.constexpr, INTERPRET: tl.constexpr,
                 OCCUPANCY: tl.constexpr, SPLIT_P: tl.constexpr):
     # counters (int32): [0, NUM_SMS) per-SM tickets, then next prefill tile,
@@ -133,7 +133,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, part_o_p, part_lse_p, k_cache, v
                            seq_lens, cu_seqlens_q, seq, m_tile, head, p_split, p_split_len,
                            p_splits, stride_qt, stride_qh, stride_ot, stride_oh, bt_stride,
                            block_size, stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                           NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, ALIGNED_P, SPLIT_P)
+                           NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N_P, PAGE_P, SPLIT_P)
         if SPLIT_P:
             if ran > 0:
                 # Split-KV prefill: the last split of a (row tile, head) to finish merges
@@ -158,7 +158,7 @@ def _pod_kernel(q_ptr, o_ptr, part_o, part_lse, part_o_p, part_lse_p, k_cache, v
                           seq_lens, cu_seqlens_q, seq, kvh, split, split_len, max_splits,
                           stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                           stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                          NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N_D, ALIGNED_D, not SPLIT)
+                          NUM_Q_HEADS, GQA, G_PAD, HEAD_DIM, BLOCK_N_D, PAGE_D, not SPLIT)
         if SPLIT:
             if ran > 0:
                 # All threads' partial stores precede the release of the arrival count.
@@ -310,8 +310,8 @@ def pod_attention(
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, SPLIT=num_splits > 1,
         SPLITS_BLOCK=SPLITS_BLOCK, GQA=gqa, G_PAD=max(16, next_pow2(gqa)),
         HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N_P=cfg["BLOCK_N_P"], BLOCK_N_D=bnd,
-        ALIGNED_P=block_size % cfg["BLOCK_N_P"] == 0,
-        ALIGNED_D=block_size % bnd == 0,
+        PAGE_P=page_mode(block_size, cfg["BLOCK_N_P"]),
+        PAGE_D=page_mode(block_size, bnd),
         NUM_SMS=sms, CTR_PAD=next_pow2(sms + 3), INTERPRET=interp,
         OCCUPANCY=policy == "occupancy", SPLIT_P=p_splits > 1, **kw)
     return out

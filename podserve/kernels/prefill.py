@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_rows, prefill_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting, split_partials
+from .utils import LOG2E, check_cache, device_sms, interpreting, page_mode, split_partials
 
 PARTIAL_BYTES_CAP = 128 << 20
 """Largest float32 partial-output buffer a split-KV prefill plans for itself (bytes)."""
@@ -77,7 +77,7 @@ def _prefill_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tabl
                     stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                     stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                     NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                     SPLIT: tl.constexpr):
     # Grid (num_q_heads, num_m_tiles x num_splits, num_seqs): heads fastest so the query
     # heads of one KV group run together and share K/V through L2; heaviest (last) row
@@ -90,7 +90,7 @@ def _prefill_kernel(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tabl
                  cu_seqlens_q, seq, m_tile, head, split, split_len, num_splits,
                  stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                  stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                 NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE_ALIGNED, SPLIT)
+                 NUM_Q_HEADS, GQA, HEAD_DIM, BLOCK_M, BLOCK_N, PAGE, SPLIT)
 
 
 @triton.jit(do_not_specialize=["first_seq", "split_len", "num_splits"])
@@ -165,7 +165,7 @@ def prefill_attention(
         block_size, k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         scale * LOG2E,
         NUM_Q_HEADS=num_q_heads, GQA=num_q_heads // num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_M=bm, BLOCK_N=bn, PAGE_ALIGNED=block_size % bn == 0, SPLIT=splits > 1, **kw)
+        BLOCK_M=bm, BLOCK_N=bn, PAGE=page_mode(block_size, bn), SPLIT=splits > 1, **kw)
     if splits > 1:
         _prefill_combine_kernel[(num_q_heads, triton.cdiv(max_query_len, COMBINE_ROWS), num_prefills)](
             out, part_o, part_lse, seq_lens, cu_seqlens_q, num_decodes, split_len, splits,

@@ -22,19 +22,26 @@ NEG_BIG = tl.constexpr(-1.0e30)
 
 @triton.jit
 def kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
-            BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr):
+            BLOCK_N: tl.constexpr, PAGE: tl.constexpr):
     """Flat cache rows (int64 [BLOCK_N]) of key positions ``offs_n = n0 + arange``.
 
-    ``block_size`` is a runtime value so the contiguous layout (block_size =
-    max_ctx, which varies) does not recompile the kernels.
+    ``PAGE`` (see ``utils.page_mode``): -1 when the whole tile sits in one cache block
+    (``block_size % BLOCK_N == 0``: one block-table read per tile, scalar address math);
+    a power of two, the block size as a constant, when a tile spans several blocks (the
+    per-row ``// PAGE`` and ``% PAGE`` compile to shifts and masks: 13-20% fewer
+    instructions in the key loops at sm_90, benchmarks/sass_report.py); 0 to gather with
+    the runtime ``block_size``. ``block_size`` stays a runtime value so the contiguous
+    layout (block_size = max_ctx, which varies) does not recompile the kernels.
     """
-    if PAGE_ALIGNED:
-        # The whole tile sits in one cache block (block_size % BLOCK_N == 0): one
-        # block-table read per tile, scalar address math.
+    if PAGE < 0:
         blk = tl.load(block_tables + seq * bt_stride + n0 // block_size).to(tl.int64)
         rows = blk * block_size + (n0 % block_size) + tl.arange(0, BLOCK_N)
+    elif PAGE > 0:
+        blk = tl.load(block_tables + seq * bt_stride + offs_n // PAGE,
+                      mask=mask_n, other=0).to(tl.int64)
+        rows = blk * PAGE + (offs_n % PAGE)
     else:
-        # Tile spans several (small) blocks: gather one block id per key row.
+        # Tile spans several (small) blocks of a runtime size: one block id per key row.
         blk = tl.load(block_tables + seq * bt_stride + offs_n // block_size,
                       mask=mask_n, other=0).to(tl.int64)
         rows = blk * block_size + (offs_n % block_size)
@@ -46,7 +53,7 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
                 pos_q, kv_len, bt_stride, block_size, stride_kr, stride_kh, stride_vr,
                 stride_vh, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                PAGE_ALIGNED: tl.constexpr, MASK: tl.constexpr):
+                PAGE: tl.constexpr, MASK: tl.constexpr):
     """One online-softmax step of queries ``q`` [M, D] over keys ``[n0, n0 + BLOCK_N)``.
 
     ``pos_q`` [M] are the queries' absolute positions (causal limit); with
@@ -57,7 +64,7 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
     offs_d = tl.arange(0, HEAD_DIM)
     mask_n = offs_n < kv_len
     rows = kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
-                   BLOCK_N, PAGE_ALIGNED)
+                   BLOCK_N, PAGE)
     k_ptrs = k_cache + rows[:, None] * stride_kr + kvh * stride_kh + offs_d[None, :]
     v_ptrs = v_cache + rows[:, None] * stride_vr + kvh * stride_vh + offs_d[None, :]
     if MASK:
@@ -86,7 +93,7 @@ def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
                  stride_qt, stride_qh, stride_ot, stride_oh, bt_stride, block_size,
                  stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                  NUM_Q_HEADS: tl.constexpr, GQA: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                  SPLIT: tl.constexpr):
     """Causal attention of query rows ``[m_tile*BLOCK_M, +BLOCK_M)`` of chunk ``seq``, one head.
 
@@ -137,25 +144,25 @@ def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
                 acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                             seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                             stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+                                            HEAD_DIM, BLOCK_N, PAGE, False)
             hi = tl.minimum(tl.minimum(prefix + m0 + BLOCK_M, kv_len), lo + split_len)
             for n0 in range(tl.maximum(full_end, lo), hi, BLOCK_N):
                 acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                             seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                             stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+                                            HEAD_DIM, BLOCK_N, PAGE, True)
         else:
             for n0 in range(0, full_end, BLOCK_N):
                 acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                             seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                             stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+                                            HEAD_DIM, BLOCK_N, PAGE, False)
             hi = tl.minimum(prefix + m0 + BLOCK_M, kv_len)
             for n0 in range(full_end, hi, BLOCK_N):
                 acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                             seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                             stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                            HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+                                            HEAD_DIM, BLOCK_N, PAGE, True)
         if SPLIT:
             seen = l_i > 0.0  # rows before the split's first key see none of it
             out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -234,7 +241,7 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
                 stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
                 NUM_Q_HEADS: tl.constexpr,
                 GQA: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_N: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+                BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                 DIRECT: tl.constexpr):
     """Decode attention of the ``GQA`` query heads of KV head ``kvh`` over one KV split.
 
@@ -267,12 +274,12 @@ def decode_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables, 
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                         seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, False)
+                                        HEAD_DIM, BLOCK_N, PAGE, False)
         for n0 in range(full_end, end, BLOCK_N):
             acc, l_i, m_i = attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables,
                                         seq, kvh, n0, pos_q, kv_len, bt_stride, block_size,
                                         stride_kr, stride_kh, stride_vr, stride_vh, qk_scale,
-                                        HEAD_DIM, BLOCK_N, PAGE_ALIGNED, True)
+                                        HEAD_DIM, BLOCK_N, PAGE, True)
         out = acc / l_i[:, None]
         if DIRECT:
             tl.store(o_ptr + tok * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],

@@ -33,6 +33,24 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
+CONST_PAGE = os.environ.get("PODSERVE_CONST_PAGE", "1") != "0"
+"""Compile the paged block size into the attention kernels when a key tile spans several
+blocks (``page_mode``); ``PODSERVE_CONST_PAGE=0`` keeps it a runtime value (the code before
+2026-12-07), to measure the difference on a GPU."""
+
+
+def page_mode(block_size: int, block_n: int) -> int:
+    """The kernels' ``PAGE`` constexpr for key tiles of ``block_n`` over blocks of
+    ``block_size`` rows: -1 if a tile sits inside one block, ``block_size`` if that is a
+    power of two dividing the tile (one compiled variant per engine: its block size is
+    fixed), else 0 (runtime block size)."""
+    if block_size % block_n == 0:
+        return -1
+    if CONST_PAGE and block_n % block_size == 0 and block_size & (block_size - 1) == 0:
+        return block_size
+    return 0
+
+
 def split_partials(rows: int, num_q_heads: int, splits: int, head_dim: int,
                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 buffers for split partials: outputs [rows, Hq, splits, D] and base-2
