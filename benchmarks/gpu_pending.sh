@@ -8,6 +8,8 @@
 #   part 2  the split-KV sweep
 #   part 3  the hybrid sweep with split-KV prefill (pod/serial vs pod_nosplit/serial_nosplit)
 #   part 4  host time per decode step: schedule + enqueue, and a cProfile (issue 6's 10% target)
+#   part 5  POD tile/policy re-tune with the constant page size (the SASS of the 8-warp
+#           128x32 and 128x64 pairings changed most; docs/benchmarks-attention.md)
 #
 # Usage (device tool, from the repository root, .gpu/ carried for the gguf wheel):
 #   PART=1 bash benchmarks/gpu_pending.sh        # results under $OUT
@@ -35,5 +37,8 @@ case "${PART:-1}" in
 4)
   timeout 300 python3 benchmarks/profile_step.py --batch 128 --prompt-tokens 1024 --steps 10 --host-steps 50 \
     --out "$out/host" 2>&1 | tail -60
+  ;;
+5)
+  timeout 580 python3 benchmarks/attention.py --sections tune_pod --out "$out/tune_pod" 2>&1 | grep -E "^tune|picked" | cut -c1-300
   ;;
 esac
