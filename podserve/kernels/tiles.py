@@ -71,13 +71,18 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
         k = tl.load(k_ptrs, mask=mask_n[:, None], other=0.0)  # [BLOCK_N, D]
     else:
         k = tl.load(k_ptrs)
-    qk = tl.dot(q, tl.trans(k)) * qk_scale  # [M, BLOCK_N] fp32, base-2 logits
+    qk = tl.dot(q, tl.trans(k))  # [M, BLOCK_N] fp32 raw scores
     if MASK:
-        valid = (offs_n[None, :] <= pos_q[:, None]) & mask_n[None, :]
-        qk = tl.where(valid, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # The causal limit alone: a row's position is below kv_len, so keys past kv_len
+        # are already excluded for every row that is stored (padding rows, beyond the
+        # chunk, see zeros from the masked loads and are never written).
+        qk = tl.where(offs_n[None, :] <= pos_q[:, None], qk, float("-inf"))
+    # The scale is applied inside the exponent, qk * scale - m in one FFMA per score
+    # (the row max scales exactly: scale > 0), instead of a separate multiply of the
+    # whole tile: 64 fewer FMULs per thread per 128-key step at sm_90.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if MASK:
         v = tl.load(v_ptrs, mask=mask_n[:, None], other=0.0)  # [BLOCK_N, D]
