@@ -56,6 +56,9 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
                 PAGE: tl.constexpr, MASK: tl.constexpr):
     """One online-softmax step of queries ``q`` [M, D] over keys ``[n0, n0 + BLOCK_N)``.
 
+    ``stride_vr``/``stride_vh`` equal ``stride_kr``/``stride_kh`` (``check_cache``), so one
+    offset addresses both caches; they stay in the signatures for the kernels' callers.
+
     ``pos_q`` [M] are the queries' absolute positions (causal limit); with
     ``MASK=False`` the caller guarantees every key is valid for every query.
     Returns the updated (acc [M, D] fp32, l_i [M], m_i [M]) in base-2 units.
@@ -65,8 +68,10 @@ def attend_tile(acc, l_i, m_i, q, k_cache, v_cache, block_tables, seq, kvh, n0,
     mask_n = offs_n < kv_len
     rows = kv_rows(block_tables, seq, n0, offs_n, mask_n, bt_stride, block_size,
                    BLOCK_N, PAGE)
-    k_ptrs = k_cache + rows[:, None] * stride_kr + kvh * stride_kh + offs_d[None, :]
-    v_ptrs = v_cache + rows[:, None] * stride_vr + kvh * stride_vh + offs_d[None, :]
+    # K and V share one layout (``utils.check_cache``): one offset computation for both.
+    offs = rows[:, None] * stride_kr + kvh * stride_kh + offs_d[None, :]
+    k_ptrs = k_cache + offs
+    v_ptrs = v_cache + offs
     if MASK:
         k = tl.load(k_ptrs, mask=mask_n[:, None], other=0.0)  # [BLOCK_N, D]
     else:

@@ -68,8 +68,9 @@ def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         if c.dim() != 4 or c.stride(3) != 1 or c.stride(0) != c.shape[1] * c.stride(1):
             raise ValueError("KV cache must be [num_blocks, block_size, num_kv_heads, head_dim] "
                              "with contiguous blocks and head_dim")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError("k_cache and v_cache shapes differ")
+    if k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
+        # The kernels compute one address offset for a K row and its V row.
+        raise ValueError("k_cache and v_cache must have the same shape and strides")
 
 
 def split_plan(num_decodes: int, num_kv_heads: int, max_seq_len: int, sms: int,

@@ -237,6 +237,16 @@ def test_pod_back_to_back_launches_reuse_workspace():
         assert rel_err(out, ref) < TOL
 
 
+def test_kernels_reject_k_and_v_caches_with_different_strides():
+    b = make_batch([5], [(3, 4)], 4, 2, 64, 16, DT, DEV)
+    nb, bs, h, d = b.v_cache.shape
+    v_other = torch.zeros(nb, bs, h, d + 8, dtype=DT, device=DEV)[..., :d]  # padded rows
+    v_other.copy_(b.v_cache)  # same shape and values, other strides
+    with pytest.raises(ValueError, match="strides"):
+        decode_attention(b.q, b.k_cache, v_other, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                         1, b.max_decode_len)
+
+
 def test_pod_rejects_single_sided_batch():
     b = make_batch([], [(0, 8)], 4, 1, 64, 16, DT, DEV)
     with pytest.raises(ValueError):
