@@ -237,6 +237,27 @@ def test_pod_back_to_back_launches_reuse_workspace():
         assert rel_err(out, ref) < TOL
 
 
+@pytest.mark.parametrize("block_size", [8, 24])
+def test_all_kernels_with_other_page_sizes(block_size):
+    from podserve.kernels.utils import page_mode
+
+    # 8 divides every tile: the page size is compiled in; 24 does not: runtime addressing.
+    assert page_mode(block_size, 64) == (8 if block_size == 8 else 0)
+    b = make_batch([1, 50, 97], [(70, 30), (0, 9)], 8, 2, 64, block_size, DT, DEV)
+    ref = attention_ref(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+    out = poisoned(b.q)
+    decode_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                     b.num_decodes, b.max_decode_len, out=out, num_splits=2)
+    prefill_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                      b.num_decodes, b.max_query_len, out=out, config=dict(BLOCK_M=16, BLOCK_N=32))
+    assert rel_err(out, ref) < TOL
+    pod = poisoned(b.q)
+    pod_attention(b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q,
+                  b.num_decodes, b.max_query_len, b.max_decode_len, out=pod,
+                  workspace=PodWorkspace(), max_prefill_seq_len=100, prefill_splits=2)
+    assert rel_err(pod, ref) < TOL
+
+
 def test_kernels_reject_k_and_v_caches_with_different_strides():
     b = make_batch([5], [(3, 4)], 4, 2, 64, 16, DT, DEV)
     nb, bs, h, d = b.v_cache.shape
