@@ -177,13 +177,17 @@ class Engine:
         gc.freeze()
         self._froze_heap = True
 
+    def unfreeze_heap(self) -> None:
+        """Undo ``freeze_heap`` (no-op if this engine did not freeze)."""
+        if getattr(self, "_froze_heap", False):
+            gc.unfreeze()
+            self._froze_heap = False
+
     def close(self) -> None:
         """Stop the worker processes of a tensor/pipeline-parallel engine; discard a profile
         never stopped; undo ``freeze_heap`` (idempotent)."""
         self.runner.close()
-        if getattr(self, "_froze_heap", False):
-            gc.unfreeze()
-            self._froze_heap = False
+        self.unfreeze_heap()
 
     def __enter__(self) -> "Engine":
         return self
