@@ -4,8 +4,8 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_head, decode_tile
-from .utils import (LOG2E, page_mode, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
-                    split_partials, split_plan)
+from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, even_splits, interpreting,
+                    next_pow2, page_mode, split_partials, split_plan)
 
 
 def decode_config(head_dim: int) -> dict:
@@ -84,8 +84,7 @@ def decode_attention(
         num_splits, split_len = split_plan(num_decodes, num_kv_heads, max_seq_len,
                                            device_sms(q), bn)
     else:
-        split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), bn) * bn
-        num_splits = triton.cdiv(max_seq_len, split_len)
+        num_splits, split_len = even_splits(max_seq_len, num_splits, bn)
     gqa = num_q_heads // num_kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
     part_o, part_lse = split_partials(num_decodes, num_q_heads, num_splits, head_dim, out)

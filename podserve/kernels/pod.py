@@ -39,8 +39,8 @@ import triton.language as tl
 
 from .prefill import resolve_prefill_splits
 from .tiles import combine_head, combine_rows, decode_tile, prefill_tile, prefill_tile_splits
-from .utils import (LOG2E, page_mode, SPLITS_BLOCK, check_cache, device_sms, interpreting, next_pow2,
-                    split_partials, split_plan)
+from .utils import (LOG2E, SPLITS_BLOCK, check_cache, device_sms, even_splits, interpreting,
+                    next_pow2, page_mode, split_partials, split_plan)
 
 
 def pod_config(head_dim: int) -> dict:
@@ -278,8 +278,7 @@ def pod_attention(
         num_splits, split_len = split_plan(num_decodes, num_kv_heads, max_decode_seq_len,
                                            max(1, sms // 4), bnd)
     else:
-        split_len = triton.cdiv(triton.cdiv(max_decode_seq_len, num_splits), bnd) * bnd
-        num_splits = triton.cdiv(max_decode_seq_len, split_len)
+        num_splits, split_len = even_splits(max_decode_seq_len, num_splits, bnd)
     num_d_tiles = num_decodes * num_kv_heads * num_splits
     # Tickets give the prefill role about half of each SM's resident programs.
     p_splits, p_split_len = resolve_prefill_splits(

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .tiles import combine_rows, prefill_tile
-from .utils import LOG2E, check_cache, device_sms, interpreting, page_mode, split_partials
+from .utils import LOG2E, check_cache, device_sms, even_splits, interpreting, page_mode, split_partials
 
 PARTIAL_BYTES_CAP = 128 << 20
 """Largest float32 partial-output buffer a split-KV prefill plans for itself (bytes)."""
@@ -41,8 +41,7 @@ def prefill_split_plan(num_tiles: int, max_seq_len: int, slots: int, block_n: in
     """
     best = (None, 1, max_seq_len)
     for s in range(1, max_splits + 1):
-        split_len = triton.cdiv(triton.cdiv(max_seq_len, s), block_n) * block_n
-        eff = triton.cdiv(max_seq_len, split_len)
+        eff, split_len = even_splits(max_seq_len, s, block_n)
         if eff != s:
             continue  # the same split length as a smaller s
         cost = triton.cdiv(num_tiles * s, max(1, slots)) * (split_len + (overhead_keys if s > 1 else 0))
@@ -63,8 +62,7 @@ def resolve_prefill_splits(num_tiles: int, max_seq_len: int | None, num_splits: 
             raise ValueError("a forced prefill split count needs the chunks' context length")
         return 1, 1
     if num_splits is not None:
-        split_len = triton.cdiv(triton.cdiv(max_seq_len, max(1, num_splits)), block_n) * block_n
-        return triton.cdiv(max_seq_len, split_len), split_len
+        return even_splits(max_seq_len, max(1, num_splits), block_n)
     splits, split_len = prefill_split_plan(num_tiles, max_seq_len, slots, block_n)
     if splits == 1 or partial_rows * num_q_heads * splits * (head_dim + 1) * 4 > PARTIAL_BYTES_CAP:
         return 1, 1

@@ -73,6 +73,13 @@ def check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         raise ValueError("k_cache and v_cache must have the same shape and strides")
 
 
+def even_splits(length: int, splits: int, block_n: int) -> tuple[int, int]:
+    """(splits, split_len): ``length`` keys cut into about ``splits`` equal ranges whose
+    length is a multiple of ``block_n``; rounding up may leave fewer splits than asked."""
+    split_len = triton.cdiv(triton.cdiv(length, splits), block_n) * block_n
+    return triton.cdiv(length, split_len), split_len
+
+
 def split_plan(num_decodes: int, num_kv_heads: int, max_seq_len: int, sms: int,
                block_n: int, min_split: int = 256) -> tuple[int, int]:
     """(num_splits, split_len) for flash-decoding.
@@ -84,10 +91,7 @@ def split_plan(num_decodes: int, num_kv_heads: int, max_seq_len: int, sms: int,
     programs = max(1, num_decodes * num_kv_heads)
     want = max(1, triton.cdiv(4 * sms, programs))
     cap = max(1, max_seq_len // min_split)
-    splits = max(1, min(want, cap))
-    split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), block_n) * block_n
-    splits = triton.cdiv(max_seq_len, split_len)
-    return splits, split_len
+    return even_splits(max_seq_len, max(1, min(want, cap)), block_n)
 
 
 def compiled_variants() -> dict[str, int | None]:
