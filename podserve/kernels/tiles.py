@@ -125,8 +125,8 @@ def prefill_tile(q_ptr, o_ptr, part_o, part_lse, k_cache, v_cache, block_tables,
     m0 = m_tile * BLOCK_M
     run = m0 < q_len
     if SPLIT:  # and the split holds keys some row of the tile sees
-        kv_end = tl.load(seq_lens + seq)
-        run = run & (split * split_len < tl.minimum(kv_end - q_len + m0 + BLOCK_M, kv_end))
+        run = run & (split < prefill_tile_splits(seq_lens, cu_seqlens_q, seq, m_tile, split_len,
+                                                 BLOCK_M))
     ran = 0
     if run:
         ran = 1
