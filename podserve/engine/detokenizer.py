@@ -27,10 +27,9 @@ class IncrementalDetokenizer:
         self._max_stop = max((len(s) for s in stop), default=0)
         make_stream = getattr(tokenizer, "decode_stream", None)
         self._step = make_stream(self.ids) if make_stream is not None else None
-        special = getattr(tokenizer, "special_token_ids", frozenset())
-        fold = getattr(tokenizer, "_fold", None)
-        # Special tokens add no text (skip_special_tokens) and must not widen the window.
-        self._is_special = (lambda t: fold(t) in special) if fold is not None else special.__contains__
+        # Fallback path: special tokens add no text (skip_special_tokens) and must not
+        # widen the window (the stream skips them itself).
+        self._is_special = getattr(tokenizer, "is_special", lambda t: False)
 
     def add(self, token_ids: list[int]) -> tuple[str, bool]:
         """Append tokens; return (new text, hit a stop string). Text after a stop is dropped.

@@ -157,6 +157,10 @@ class Tokenizer:
             self.__dict__["_special_ids"] = ids
         return ids
 
+    def is_special(self, token_id: int) -> bool:
+        """Whether ``token_id`` decodes to a special token (no text when skipping them)."""
+        return self._fold(token_id) in self.special_token_ids
+
     def _fold(self, token_id: int) -> int:
         """The id the backend decodes for ``token_id`` (identity; presets fold into range)."""
         return token_id
